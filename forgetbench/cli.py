@@ -1,0 +1,236 @@
+"""The ``forgetbench`` command line (Typer + rich): run, leaderboard, list, show, runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import signal
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from forgetbench.errors import ForgetbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark forgetting mitigations for fine-tuning pretrained models.")
+out = Console()
+err = Console(stderr=True)
+STATE = {"debug": False}
+DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path"
+                                              " (default $FORGETBENCH_DB or ./results.db)")]
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False):
+    STATE["debug"] = debug
+    _quiet_libraries()
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _quiet_libraries() -> None:
+    """transformers' own progress bars and notices would interleave with ours."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Option("--task", "-t", help="task name (forgetbench list)")] = "wordnet",
+    method: Annotated[list[str] | None, typer.Option(
+        "--method", "-m", help="method name; repeat to stack methods")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    steps: Annotated[int | None, typer.Option(help="fine-tuning steps (overrides train.steps)")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="config override key=value, e.g. lr=3e-5 or mixcd.mix_ratio=0.25")] = None,
+    prior_model: Annotated[str | None, typer.Option(
+        help="a ready prior model (local dir or hub id) instead of stage 0")] = None,
+    db: DbOption = None,
+):
+    """Run one experiment and store its results."""
+    from forgetbench.config import parse_set
+    from forgetbench.runner import RunRequest, execute
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    request = RunRequest(task=task, methods=method or ["finetune"], seed=seed, steps=steps,
+                         overrides=parse_set(set_ or []), prior_model=prior_model)
+    run_id = execute(request, db=db)
+    from forgetbench.store import Store
+
+    _print_run(Store(db), run_id)
+
+
+@app.command()
+def leaderboard(
+    task: Annotated[str | None, typer.Option("--task", "-t", help="only this task")] = None,
+    format_: Annotated[str, typer.Option("--format", "-f",
+                                         help="table | markdown | csv | json")] = "table",
+    db: DbOption = None,
+):
+    """Aggregate finished runs over seeds (mean ± std); * marks the Pareto front."""
+    from forgetbench.report import COLUMNS, as_records
+    from forgetbench.report import leaderboard as build
+    from forgetbench.store import Store
+
+    if format_ not in ("table", "markdown", "csv", "json"):
+        raise ForgetbenchError(f"--format must be table, markdown, csv or json, got {format_!r}")
+    rows = build(Store(db), task)
+    records = as_records(rows)
+    if format_ == "json":
+        print(json.dumps(records, indent=1))
+        return
+    if format_ == "csv":
+        buffer = io.StringIO()
+        keys = sorted({k for r in records for k in r}, key=lambda k: list(records[0]).index(k)
+                      if k in records[0] else 99)
+        writer = csv.DictWriter(buffer, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(records)
+        print(buffer.getvalue(), end="")
+        return
+    headers = ["task", "methods", "seeds", *[label for _, label, _ in COLUMNS], "rehearsal prec."]
+    lines = []
+    for row in rows:
+        cells = [row.task, row.methods + (" *" if row.pareto else ""), str(len(row.seeds))]
+        for key in [c[0] for c in COLUMNS] + ["rehearsal_precision"]:
+            mean = row.mean(key)
+            cells.append("-" if math.isnan(mean) else f"{mean:.4f} ± {row.std(key):.4f}")
+        lines.append(cells)
+    if format_ == "markdown":
+        print("| " + " | ".join(headers) + " |")
+        print("|" + "---|" * len(headers))
+        for cells in lines:
+            print("| " + " | ".join(cells) + " |")
+        return
+    table = Table(title="forgetbench leaderboard (mean ± std over seeds; * Pareto-optimal)")
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for cells in lines:
+        table.add_row(*cells)
+    if not rows:
+        out.print("no finished runs yet: try 'forgetbench run'")
+        return
+    out.print(table)
+
+
+@app.command("list")
+def list_plugins():
+    """Methods and tasks, with the distribution that provides each."""
+    from forgetbench.registry import get_registry
+
+    registry = get_registry()
+    table = Table(title="methods")
+    for column in ("name", "provided by", "description"):
+        table.add_column(column)
+    for name, entry in sorted(registry.methods.items()):
+        table.add_row(name, entry.provider, entry.cls.description)
+    out.print(table)
+    table = Table(title="tasks")
+    for column in ("name", "family", "offline", "provided by", "description"):
+        table.add_column(column)
+    for name, entry in sorted(registry.tasks.items()):
+        meta = entry.cls.metadata
+        table.add_row(name, meta.family, "yes" if meta.offline else "no", entry.provider,
+                      meta.description)
+    out.print(table)
+    for problem in registry.problems:
+        err.print(f"[yellow]warning:[/] {problem}")
+
+
+def _print_run(store, run_id: int) -> None:
+    run = store.get_run(run_id)
+    if run is None:
+        raise ForgetbenchError(f"no run with id {run_id} in {store.url}")
+    table = Table(title=f"run {run_id}: {run['task']} / {run['methods']} / seed {run['seed']}"
+                  f" [{run['status']}]")
+    for column in ("split", "metric", "before", "after", "derived"):
+        table.add_column(column)
+    values = store.get_metrics([run_id])[run_id]
+    keys = sorted({(k.split("/")[0], k.split("/", 2)[2]) for k in values})
+    for split, name in keys:
+        cells = [values.get(f"{split}/{stage}/{name}") for stage in ("before", "after", "derived")]
+        table.add_row(split, name, *["" if v is None else f"{v:.4f}" for v in cells])
+    out.print(table)
+    if run["error"]:
+        out.print(f"error: {run['error']}")
+    if run["compute"]:
+        out.print("compute: " + ", ".join(f"{k}={v}" for k, v in run["compute"].items()))
+
+
+@app.command()
+def show(
+    run_id: Annotated[int, typer.Argument(help="run id (see the runs table)")],
+    as_json: Annotated[bool, typer.Option("--json", help="full provenance as JSON")] = False,
+    db: DbOption = None,
+):
+    """One run: metrics before/after, derived metrics, compute and provenance."""
+    from forgetbench.store import Store
+
+    store = Store(db)
+    if as_json:
+        run = store.get_run(run_id)
+        if run is None:
+            raise ForgetbenchError(f"no run with id {run_id} in {store.url}")
+        run["metrics"] = store.get_metrics([run_id])[run_id]
+        print(json.dumps(run, indent=1, default=str))
+        return
+    _print_run(store, run_id)
+
+
+@app.command()
+def runs(
+    status: Annotated[str | None, typer.Option(help="only runs with this status")] = None,
+    db: DbOption = None,
+):
+    """List stored runs (all statuses)."""
+    from forgetbench.store import Store
+
+    table = Table(title="runs")
+    for column in ("id", "task", "methods", "seed", "status", "started", "error"):
+        table.add_column(column, overflow="fold")
+    for run in Store(db).get_runs(status=status):
+        table.add_row(str(run["id"]), run["task"], run["methods"], str(run["seed"]),
+                      run["status"], str(run["started_at"])[:19], (run["error"] or "")[:80])
+    out.print(table)
+
+
+def main() -> None:
+    """Console entry point: one clear error line and exit 1 (traceback only with --debug)."""
+    debug = "--debug" in sys.argv[1:]
+    try:
+        app(standalone_mode=False)
+    except ForgetbenchError as error:
+        if debug:
+            raise
+        err.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        sys.exit(130)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except Exception as error:  # click usage errors and unexpected failures
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        if isinstance(error, click.exceptions.Abort):
+            sys.exit(1)
+        if debug:
+            raise
+        err.print(f"error: {type(error).__name__}: {error} (rerun with --debug for the"
+                  " traceback)", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,160 @@
+"""Configuration: the training budget, and ``--set key=value`` overrides of any config section.
+
+Every config is a dataclass validated in ``__post_init__``; values given as strings are
+converted to the field's type here, so a plugin's Config needs only plain type hints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from forgetbench.errors import ForgetbenchError, did_you_mean
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise ValueError(message) unless condition; for ``__post_init__`` validation."""
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning budget and optimiser. A task may change the defaults (``train_defaults``)."""
+
+    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=32, metadata={"help": "samples per step, rehearsal included"})
+    lr: float = field(default=5e-5, metadata={"help": "AdamW peak learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW decoupled weight decay"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "linear warm-up share of steps"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    max_length: int = field(default=48, metadata={"help": "tokens per text input"})
+    eval_batch_size: int = field(default=128, metadata={"help": "samples per evaluation batch"})
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    checkpoint_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: off)"})
+
+    def __post_init__(self):
+        check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        check(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
+        check(self.max_length >= 4, f"max_length must be >= 4, got {self.max_length}")
+        check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        check(self.mixed_precision in ("no", "fp16", "bf16"),
+              f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        check(self.device in ("auto", "cpu", "cuda"),
+              f"device must be auto, cpu or cuda, got {self.device!r}")
+        check(self.checkpoint_every >= 0,
+              f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+
+
+def parse_set(pairs: list[str]) -> dict[str, str]:
+    """Parse ``["a=1", "mixcd.bins=4"]`` into a dict; later pairs win."""
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ForgetbenchError(f"--set expects key=value, got {pair!r}")
+        parsed[key] = value.strip()
+    return parsed
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if value.lower() in ("none", "null", ""):
+            return None
+        return _convert(value, options[0], key)
+    if origin in (tuple, list):
+        (item_hint, *_rest) = typing.get_args(hint) or (str,)
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        converted = [_convert(item, item_hint, key) for item in items]
+        return tuple(converted) if origin is tuple else converted
+    if hint is bool:
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ForgetbenchError(f"{key} expects true or false, got {value!r}")
+    if hint in (int, float):
+        try:
+            number = hint(value) if hint is float else int(value, 0)
+        except ValueError:
+            raise ForgetbenchError(
+                f"{key} expects {'an integer' if hint is int else 'a number'}, got {value!r}"
+            ) from None
+        if hint is float and number != number:  # NaN passes no range check
+            raise ForgetbenchError(f"{key} expects a number, got {value!r}")
+        return number
+    return value
+
+
+def build_config(cls: type, overrides: dict[str, Any], section: str, base: dict | None = None):
+    """Instantiate dataclass ``cls`` from ``base`` defaults and string ``overrides``.
+
+    Raises ForgetbenchError for unknown keys, wrong types and failed validation, naming the
+    section (e.g. ``mixcd.mix_ratio must be in [0, 1]``).
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = dict(base or {})
+    for key, value in overrides.items():
+        if key not in names:
+            raise ForgetbenchError(f"unknown key {section}.{key}" + did_you_mean(key, names))
+        values[key] = _convert(value, hints[key], f"{section}.{key}")
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as error:
+        raise ForgetbenchError(f"invalid {section} config: {error}") from None
+
+
+def split_overrides(overrides: dict[str, str], sections: dict[str, type | None]) -> dict[str, dict]:
+    """Route ``key`` or ``section.key`` overrides to config sections.
+
+    A bare key goes to the one section that has such a field; a key two sections share must be
+    qualified. Unknown sections and keys are errors with a suggestion.
+    """
+    fields_of = {
+        name: [f.name for f in dataclasses.fields(cls)] if cls is not None else []
+        for name, cls in sections.items()
+    }
+    routed: dict[str, dict] = {name: {} for name in sections}
+    for key, value in overrides.items():
+        section, dot, name = key.rpartition(".")
+        if dot:
+            if section not in sections:
+                raise ForgetbenchError(
+                    f"unknown config section {section!r} in --set {key}"
+                    + did_you_mean(section, sections)
+                )
+            routed[section][name] = value
+            continue
+        owners = [section for section, names in fields_of.items() if key in names]
+        if not owners:
+            every = [n for names in fields_of.values() for n in names]
+            raise ForgetbenchError(f"unknown --set key {key!r}" + did_you_mean(key, every))
+        if len(owners) > 1:
+            raise ForgetbenchError(
+                f"--set {key} is ambiguous: qualify it as one of "
+                + ", ".join(f"{owner}.{key}" for owner in owners)
+            )
+        routed[owners[0]][key] = value
+    return routed
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A JSON-able dict of a config dataclass (None for no config)."""
+    if config is None:
+        return {}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

@@ -1,0 +1,1 @@
+"""Builtin method plugins (import name ``forgetbench_plugins``), one module per method."""

@@ -1,0 +1,1 @@
+"""Builtin task plugins (import name ``forgetbench_tasks``), one module per family."""
