@@ -189,7 +189,7 @@ class PriorSampler(ABC):
         """JSON-able state for checkpoints; learning samplers override it."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore :meth:`state_dict`."""
 
 
@@ -228,6 +228,8 @@ class Task(ABC):
 
     metadata: ClassVar[TaskMetadata]
     Config: ClassVar[type] = None  # type: ignore[assignment]
+    # Overrides of TrainConfig's defaults for this task (the default fine-tuning budget).
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else (self.Config() if self.Config else None)
@@ -237,20 +239,27 @@ class Task(ABC):
         """Load the four splits; raise ForgetbenchError naming what is missing."""
 
     @abstractmethod
-    def prepare_prior(self, ctx: RunContext, data: TaskData, prior_model: str | None) -> ModelBundle:
+    def prepare_prior(
+        self, ctx: RunContext, data: TaskData, prior_model: str | None
+    ) -> ModelBundle:
         """Return f0: ``prior_model`` if given, else the (cached) stage-0 model."""
 
-    def init_new_task(self, bundle: ModelBundle, data: TaskData, ctx: RunContext) -> torch.nn.Module:
+    def init_new_task(
+        self, bundle: ModelBundle, data: TaskData, ctx: RunContext
+    ) -> torch.nn.Module:
         """Add what the new task needs (e.g. a fresh head) and return the model to fine-tune."""
         return bundle.model
 
     @abstractmethod
-    def collate(self, examples: Sequence[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
+    def collate(
+        self, examples: Sequence[dict[str, Any]], tokenizer: Any
+    ) -> dict[str, torch.Tensor]:
         """Collate examples (mixed prior and new) into model inputs, dynamically padded."""
 
     @abstractmethod
-    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
-                with_features: bool = False) -> PerSample:
+    def forward(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], with_features: bool = False
+    ) -> PerSample:
         """Per-sample loss, correctness and confidence of ``model`` on ``batch``."""
 
     def evaluate(self, model: torch.nn.Module, split: Split, ctx: RunContext) -> EvalResult:

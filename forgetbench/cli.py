@@ -17,21 +17,31 @@ from rich.table import Table
 
 from forgetbench.errors import ForgetbenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Benchmark forgetting mitigations for fine-tuning pretrained models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Benchmark forgetting mitigations for fine-tuning pretrained models.",
+)
 out = Console()
 err = Console(stderr=True)
 STATE = {"debug": False}
-DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path"
-                                              " (default $FORGETBENCH_DB or ./results.db)")]
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db", help="SQLAlchemy URL or SQLite path (default $FORGETBENCH_DB or ./results.db)"
+    ),
+]
 
 
 @app.callback()
 def _main(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False):
     STATE["debug"] = debug
     _quiet_libraries()
-    logging.basicConfig(level=logging.INFO if debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _quiet_libraries() -> None:
@@ -48,15 +58,27 @@ def _interrupt(signum, _frame):
 
 @app.command()
 def run(
-    task: Annotated[str, typer.Option("--task", "-t", help="task name (forgetbench list)")] = "wordnet",
-    method: Annotated[list[str] | None, typer.Option(
-        "--method", "-m", help="method name; repeat to stack methods")] = None,
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="task name (forgetbench list)")
+    ] = "wordnet",
+    method: Annotated[
+        list[str] | None,
+        typer.Option("--method", "-m", help="method name; repeat to stack methods"),
+    ] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    steps: Annotated[int | None, typer.Option(help="fine-tuning steps (overrides train.steps)")] = None,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="config override key=value, e.g. lr=3e-5 or mixcd.mix_ratio=0.25")] = None,
-    prior_model: Annotated[str | None, typer.Option(
-        help="a ready prior model (local dir or hub id) instead of stage 0")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="fine-tuning steps (overrides train.steps)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="config override key=value, e.g. lr=3e-5 or mixcd.mix_ratio=0.25"
+        ),
+    ] = None,
+    prior_model: Annotated[
+        str | None,
+        typer.Option(help="a ready prior model (local dir or hub id) instead of stage 0"),
+    ] = None,
     db: DbOption = None,
 ):
     """Run one experiment and store its results."""
@@ -64,8 +86,14 @@ def run(
     from forgetbench.runner import RunRequest, execute
 
     signal.signal(signal.SIGTERM, _interrupt)
-    request = RunRequest(task=task, methods=method or ["finetune"], seed=seed, steps=steps,
-                         overrides=parse_set(set_ or []), prior_model=prior_model)
+    request = RunRequest(
+        task=task,
+        methods=method or ["finetune"],
+        seed=seed,
+        steps=steps,
+        overrides=parse_set(set_ or []),
+        prior_model=prior_model,
+    )
     run_id = execute(request, db=db)
     from forgetbench.store import Store
 
@@ -75,8 +103,9 @@ def run(
 @app.command()
 def leaderboard(
     task: Annotated[str | None, typer.Option("--task", "-t", help="only this task")] = None,
-    format_: Annotated[str, typer.Option("--format", "-f",
-                                         help="table | markdown | csv | json")] = "table",
+    format_: Annotated[
+        str, typer.Option("--format", "-f", help="table | markdown | csv | json")
+    ] = "table",
     db: DbOption = None,
 ):
     """Aggregate finished runs over seeds (mean ± std); * marks the Pareto front."""
@@ -93,8 +122,10 @@ def leaderboard(
         return
     if format_ == "csv":
         buffer = io.StringIO()
-        keys = sorted({k for r in records for k in r}, key=lambda k: list(records[0]).index(k)
-                      if k in records[0] else 99)
+        keys = sorted(
+            {k for r in records for k in r},
+            key=lambda k: list(records[0]).index(k) if k in records[0] else 99,
+        )
         writer = csv.DictWriter(buffer, fieldnames=keys)
         writer.writeheader()
         writer.writerows(records)
@@ -142,8 +173,9 @@ def list_plugins():
         table.add_column(column)
     for name, entry in sorted(registry.tasks.items()):
         meta = entry.cls.metadata
-        table.add_row(name, meta.family, "yes" if meta.offline else "no", entry.provider,
-                      meta.description)
+        table.add_row(
+            name, meta.family, "yes" if meta.offline else "no", entry.provider, meta.description
+        )
     out.print(table)
     for problem in registry.problems:
         err.print(f"[yellow]warning:[/] {problem}")
@@ -153,8 +185,10 @@ def _print_run(store, run_id: int) -> None:
     run = store.get_run(run_id)
     if run is None:
         raise ForgetbenchError(f"no run with id {run_id} in {store.url}")
-    table = Table(title=f"run {run_id}: {run['task']} / {run['methods']} / seed {run['seed']}"
-                  f" [{run['status']}]")
+    table = Table(
+        title=f"run {run_id}: {run['task']} / {run['methods']} / seed {run['seed']}"
+        f" [{run['status']}]"
+    )
     for column in ("split", "metric", "before", "after", "derived"):
         table.add_column(column)
     values = store.get_metrics([run_id])[run_id]
@@ -201,8 +235,15 @@ def runs(
     for column in ("id", "task", "methods", "seed", "status", "started", "error"):
         table.add_column(column, overflow="fold")
     for run in Store(db).get_runs(status=status):
-        table.add_row(str(run["id"]), run["task"], run["methods"], str(run["seed"]),
-                      run["status"], str(run["started_at"])[:19], (run["error"] or "")[:80])
+        table.add_row(
+            str(run["id"]),
+            run["task"],
+            run["methods"],
+            str(run["seed"]),
+            run["status"],
+            str(run["started_at"])[:19],
+            (run["error"] or "")[:80],
+        )
     out.print(table)
 
 
@@ -231,6 +272,10 @@ def main() -> None:
             sys.exit(1)
         if debug:
             raise
-        err.print(f"error: {type(error).__name__}: {error} (rerun with --debug for the"
-                  " traceback)", markup=False, highlight=False, soft_wrap=True)
+        err.print(
+            f"error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(1)

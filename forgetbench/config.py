@@ -42,16 +42,26 @@ class TrainConfig:
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        check(
+            0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"
+        )
         check(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
         check(self.max_length >= 4, f"max_length must be >= 4, got {self.max_length}")
-        check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        check(self.mixed_precision in ("no", "fp16", "bf16"),
-              f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        check(self.device in ("auto", "cpu", "cuda"),
-              f"device must be auto, cpu or cuda, got {self.device!r}")
-        check(self.checkpoint_every >= 0,
-              f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        check(
+            self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"
+        )
+        check(
+            self.mixed_precision in ("no", "fp16", "bf16"),
+            f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}",
+        )
+        check(
+            self.device in ("auto", "cpu", "cuda"),
+            f"device must be auto, cpu or cuda, got {self.device!r}",
+        )
+        check(
+            self.checkpoint_every >= 0,
+            f"checkpoint_every must be >= 0, got {self.checkpoint_every}",
+        )
 
 
 def parse_set(pairs: list[str]) -> dict[str, str]:
@@ -157,4 +167,6 @@ def config_dict(config: Any) -> dict[str, Any]:
     """A JSON-able dict of a config dataclass (None for no config)."""
     if config is None:
         return {}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+    }

@@ -50,8 +50,12 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
 def progress(description: str, total: int, enabled: bool = True):
     """A rich progress bar on stderr; yields ``advance()``."""
     bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=stderr, transient=True,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
         disable=not enabled or not stderr.is_terminal,
     )
     with bar:
@@ -72,8 +76,14 @@ def collate_examples(task, tokenizer, examples: Sequence[dict], indices: Sequenc
     return batch
 
 
-def eval_batches(task, tokenizer, split: Split, batch_size: int, device: torch.device,
-                 counter: Compute | None = None) -> Iterator[dict]:
+def eval_batches(
+    task,
+    tokenizer,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    counter: Compute | None = None,
+) -> Iterator[dict]:
     """Batches over a whole split in order, for inference."""
     for start in range(0, len(split), batch_size):
         indices = range(start, min(start + batch_size, len(split)))
@@ -84,8 +94,15 @@ def eval_batches(task, tokenizer, split: Split, batch_size: int, device: torch.d
 
 
 @torch.inference_mode()
-def predict(task, model, tokenizer, split: Split, batch_size: int, device: torch.device,
-            label: str = "predicting") -> PerSample:
+def predict(
+    task,
+    model,
+    tokenizer,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    label: str = "predicting",
+) -> PerSample:
     """Per-sample results of ``model`` (eval mode) over a whole split, on CPU."""
     model.eval()
     outputs = []
@@ -100,8 +117,16 @@ def predict(task, model, tokenizer, split: Split, batch_size: int, device: torch
     )
 
 
-def prior_predictions(task, model, tokenizer, split: Split, model_identity: str,
-                      train: TrainConfig, device: torch.device, compute: Compute) -> PriorPredictions:
+def prior_predictions(
+    task,
+    model,
+    tokenizer,
+    split: Split,
+    model_identity: str,
+    train: TrainConfig,
+    device: torch.device,
+    compute: Compute,
+) -> PriorPredictions:
     """The prior cache: f0's per-sample loss, correctness and confidence on ``split``.
 
     Keyed by the prior model's identity and the split's fingerprint, shared by every run and
@@ -112,12 +137,18 @@ def prior_predictions(task, model, tokenizer, split: Split, model_identity: str,
     key = hash_json({"model": model_identity, "data": split.fingerprint(), "v": 1})
 
     def build(directory: Path) -> dict:
-        result = predict(task, model, tokenizer, split, train.eval_batch_size, device,
-                         "prior cache")
+        result = predict(
+            task, model, tokenizer, split, train.eval_batch_size, device, "prior cache"
+        )
         compute.extra_inference += len(split)
-        save_file({"loss": result.loss.contiguous(), "correct": result.correct.to(torch.uint8),
-                   "confidence": result.confidence.contiguous()},
-                  str(directory / "predictions.safetensors"))
+        save_file(
+            {
+                "loss": result.loss.contiguous(),
+                "correct": result.correct.to(torch.uint8),
+                "confidence": result.confidence.contiguous(),
+            },
+            str(directory / "predictions.safetensors"),
+        )
         return {"model": model_identity, "split": split.name, "size": len(split)}
 
     entry = cached_dir("prior-predictions", key, build)
@@ -144,11 +175,13 @@ def linear_warmup_decay(optimizer, steps: int, warmup_ratio: float):
 def make_optimizer(model: torch.nn.Module, train: TrainConfig):
     # No weight decay on biases and norms (standard BERT fine-tuning practice).
     decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
+    for parameter in model.parameters():
         if parameter.requires_grad:
             (no_decay if parameter.ndim < 2 else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=train.lr)
 
 
@@ -165,7 +198,7 @@ class BatchStream:
         while n > 0:
             if self.position >= self.size:
                 self.order, self.position = self.rng.permutation(self.size), 0
-            chunk = self.order[self.position:self.position + n]
+            chunk = self.order[self.position : self.position + n]
             taken.append(chunk)
             self.position += len(chunk)
             n -= len(chunk)
@@ -173,9 +206,17 @@ class BatchStream:
 
 
 def train_loop(
-    task, model, tokenizer, train_split: Split, ctx: RunContext, accelerator: Accelerator,
-    hooks=None, sampler: PriorSampler | None = None, prior_split: Split | None = None,
-    needs_features: bool = False, label: str = "training",
+    task,
+    model,
+    tokenizer,
+    train_split: Split,
+    ctx: RunContext,
+    accelerator: Accelerator,
+    hooks=None,
+    sampler: PriorSampler | None = None,
+    prior_split: Split | None = None,
+    needs_features: bool = False,
+    label: str = "training",
 ) -> tuple[torch.nn.Module, list[tuple[str, int, float]]]:
     """Fine-tune ``model`` on ``train_split`` for ``ctx.train.steps`` steps.
 
@@ -217,8 +258,9 @@ def train_loop(
             ctx.compute.forwarded += len(examples)
             ctx.compute.backpropagated += len(examples)
             if hooks is not None:
-                hooks.forgetbench_after_step(ctx=ctx, step=step, batch=batch,
-                                             per_sample=outputs.detach_cpu())
+                hooks.forgetbench_after_step(
+                    ctx=ctx, step=step, batch=batch, per_sample=outputs.detach_cpu()
+                )
             curve.append(("train/loss", step, float(loss.detach())))
             advance()
     return accelerator.unwrap_model(model), curve
@@ -233,7 +275,9 @@ def _combine_loss(ctx, hooks, model, batch, outputs: PerSample) -> torch.Tensor:
         if result is not None:
             weights = weights * result.to(losses.device, losses.dtype)
     loss = (weights * losses).mean()
-    for penalty in hooks.forgetbench_regularizer(ctx=ctx, model=model, batch=batch, outputs=outputs):
+    for penalty in hooks.forgetbench_regularizer(
+        ctx=ctx, model=model, batch=batch, outputs=outputs
+    ):
         if penalty is not None:
             loss = loss + penalty
     return loss

@@ -119,7 +119,9 @@ def build_registry(manager: pluggy.PluginManager, providers: dict[str, str]) -> 
             except ForgetbenchError:
                 raise
             except Exception as error:
-                registry.problems.append(f"plugin {impl.plugin_name!r} from {provider} raised: {error}")
+                registry.problems.append(
+                    f"plugin {impl.plugin_name!r} from {provider} raised: {error}"
+                )
     return registry
 
 
@@ -155,7 +157,9 @@ def run_plugin_manager(methods: list[Method]) -> pluggy.PluginManager:
             continue
         caller = getattr(manager.hook, name)
         if caller.spec and caller.spec.opts.get("firstresult"):
-            claimants = [impl.plugin_name.removeprefix("method:") for impl in caller.get_hookimpls()]
+            claimants = [
+                impl.plugin_name.removeprefix("method:") for impl in caller.get_hookimpls()
+            ]
             if len(claimants) > 1:
                 raise ForgetbenchError(
                     f"methods {' and '.join(sorted(claimants))} both implement {name}:"

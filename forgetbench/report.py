@@ -88,8 +88,10 @@ def _mark_pareto(rows: list[Row]) -> None:
     for row in rows:
         point = (row.mean("prior_after"), row.mean("new_after"))
         row.pareto = not any(
-            other is not row and other.task == row.task
-            and other.mean("prior_after") >= point[0] and other.mean("new_after") >= point[1]
+            other is not row
+            and other.task == row.task
+            and other.mean("prior_after") >= point[0]
+            and other.mean("new_after") >= point[1]
             and (other.mean("prior_after") > point[0] or other.mean("new_after") > point[1])
             for other in rows
         )
@@ -99,8 +101,13 @@ def as_records(rows: list[Row]) -> list[dict]:
     """Plain dicts for csv / json / markdown output."""
     records = []
     for row in rows:
-        record = {"task": row.task, "methods": row.methods, "config": row.config_hash[:10],
-                  "seeds": len(row.seeds), "pareto": row.pareto}
+        record = {
+            "task": row.task,
+            "methods": row.methods,
+            "config": row.config_hash[:10],
+            "seeds": len(row.seeds),
+            "pareto": row.pareto,
+        }
         for column in (*[c[0] for c in COLUMNS], "rehearsal_precision"):
             if row.values.get(column):
                 record[f"{column}_mean"] = round(row.mean(column), 6)

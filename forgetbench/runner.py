@@ -26,8 +26,18 @@ from forgetbench.registry import Registry, get_registry, run_plugin_manager
 from forgetbench.store import Metric, Store
 
 log = logging.getLogger("forgetbench")
-CORE_PACKAGES = ("forgetbench", "torch", "transformers", "peft", "accelerate", "datasets",
-                 "numpy", "safetensors", "sqlalchemy", "pluggy")
+CORE_PACKAGES = (
+    "forgetbench",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "numpy",
+    "safetensors",
+    "sqlalchemy",
+    "pluggy",
+)
 
 
 @dataclass
@@ -69,13 +79,15 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> ResolvedRu
     routed = split_overrides(request.overrides, sections)
     if request.steps is not None:
         routed["train"]["steps"] = request.steps
-    train = build_config(TrainConfig, routed["train"], "train",
-                         base=getattr(task_cls, "train_defaults", {}))
+    train = build_config(TrainConfig, routed["train"], "train", base=task_cls.train_defaults)
     task_config = build_config(task_cls.Config, routed["task"], "task") if task_cls.Config else None
     methods = []
     for entry in method_entries:
-        config = (build_config(entry.cls.Config, routed[entry.name], entry.name)
-                  if entry.cls.Config else None)
+        config = (
+            build_config(entry.cls.Config, routed[entry.name], entry.name)
+            if entry.cls.Config
+            else None
+        )
         methods.append(entry.cls(config))
     run_plugin_manager(methods)  # firstresult conflicts are errors before anything runs
     config = {
@@ -88,8 +100,7 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> ResolvedRu
     }
     providers = {"task": task_entry.provider}
     providers.update({entry.name: entry.provider for entry in method_entries})
-    return ResolvedRun(task_cls(task_config), methods, train, providers, config,
-                       hash_json(config))
+    return ResolvedRun(task_cls(task_config), methods, train, providers, config, hash_json(config))
 
 
 def method_label(methods: list[Method]) -> str:
@@ -119,17 +130,29 @@ def git_sha() -> str | None:
     """The commit of the forgetbench source tree, with ``-dirty`` if it has local changes."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{sha}-dirty" if dirty else sha
 
 
-def derived_metrics(task: Task, before: dict[str, EvalResult], after: dict[str, EvalResult]
-                    ) -> list[Metric]:
+def derived_metrics(
+    task: Task, before: dict[str, EvalResult], after: dict[str, EvalResult]
+) -> list[Metric]:
     """before/after metrics of both splits, plus forgetting, gain and the collateral-damage rate.
 
     forgetting = prior/before - prior/after of the prior main metric (sign flipped where lower
@@ -148,8 +171,15 @@ def derived_metrics(task: Task, before: dict[str, EvalResult], after: dict[str, 
         sign = 1.0 if meta.higher_is_better(metric) else -1.0
         return sign * (after[split].metrics[metric] - before[split].metrics[metric])
 
-    rows.append(Metric("prior", "derived", "forgetting", -change("prior", meta.prior_metric),
-                       higher_is_better=False))
+    rows.append(
+        Metric(
+            "prior",
+            "derived",
+            "forgetting",
+            -change("prior", meta.prior_metric),
+            higher_is_better=False,
+        )
+    )
     rows.append(Metric("new", "derived", "gain", change("new", meta.new_metric)))
     right_before, right_after = before["prior"].correct, after["prior"].correct
     if right_before is not None and right_after is not None:
@@ -158,16 +188,21 @@ def derived_metrics(task: Task, before: dict[str, EvalResult], after: dict[str, 
     return rows
 
 
-def _evaluate(task: Task, model: torch.nn.Module, data: TaskData, ctx: RunContext
-              ) -> dict[str, EvalResult]:
+def _evaluate(
+    task: Task, model: torch.nn.Module, data: TaskData, ctx: RunContext
+) -> dict[str, EvalResult]:
     model.eval()
     with torch.inference_mode():
-        return {"prior": task.evaluate(model, data.prior_eval, ctx),
-                "new": task.evaluate(model, data.new_eval, ctx)}
+        return {
+            "prior": task.evaluate(model, data.prior_eval, ctx),
+            "new": task.evaluate(model, data.new_eval, ctx),
+        }
 
 
 def _flat(results: dict[str, EvalResult]) -> dict[str, float]:
-    return {f"{split}/{k}": v for split, result in results.items() for k, v in result.metrics.items()}
+    return {
+        f"{split}/{k}": v for split, result in results.items() for k, v in result.metrics.items()
+    }
 
 
 def _chain(hook_caller, **kwargs):
@@ -186,11 +221,16 @@ def execute(request: RunRequest, db: str | None = None, registry: Registry | Non
     store = Store(db)
     task, methods = resolved.task, resolved.methods
     run_id = store.start_run(
-        task=task.metadata.name, task_version=task.metadata.version,
-        methods=method_label(methods), config=resolved.config,
-        config_hash=resolved.config_hash, seed=request.seed,
-        model=request.prior_model or "stage-0", data_fingerprints={},
-        versions=package_versions(resolved.providers), git_sha=git_sha(),
+        task=task.metadata.name,
+        task_version=task.metadata.version,
+        methods=method_label(methods),
+        config=resolved.config,
+        config_hash=resolved.config_hash,
+        seed=request.seed,
+        model=request.prior_model or "stage-0",
+        data_fingerprints={},
+        versions=package_versions(resolved.providers),
+        git_sha=git_sha(),
     )
     try:
         _run(request, resolved, store, run_id)
@@ -210,8 +250,16 @@ def _run(request: RunRequest, resolved: ResolvedRun, store: Store, run_id: int) 
     engine.seed_everything(request.seed)
     accelerator = engine.make_accelerator(train)
     compute = Compute()
-    ctx = RunContext(run_id=run_id, seed=request.seed, device=accelerator.device, task=task,
-                     train=train, cache_dir=cache_root(), compute=compute, logger=log)
+    ctx = RunContext(
+        run_id=run_id,
+        seed=request.seed,
+        device=accelerator.device,
+        task=task,
+        train=train,
+        cache_dir=cache_root(),
+        compute=compute,
+        logger=log,
+    )
     data = task.load_data(ctx)
     store.update_run(run_id, data_fingerprints=data.fingerprints())
     bundle = task.prepare_prior(ctx, data, request.prior_model)
@@ -223,27 +271,54 @@ def _run(request: RunRequest, resolved: ResolvedRun, store: Store, run_id: int) 
     new_names = frozenset(name for name, _ in model.named_parameters() if name not in shared)
 
     def batches(split, batch_size=None):
-        return engine.eval_batches(task, bundle.tokenizer, split,
-                                   batch_size or train.eval_batch_size, accelerator.device, compute)
+        return engine.eval_batches(
+            task,
+            bundle.tokenizer,
+            split,
+            batch_size or train.eval_batch_size,
+            accelerator.device,
+            compute,
+        )
 
     def prior_predictions():
-        return engine.prior_predictions(task, bundle.model, bundle.tokenizer, data.prior_train,
-                                        bundle.identity, train, accelerator.device, compute)
+        return engine.prior_predictions(
+            task,
+            bundle.model,
+            bundle.tokenizer,
+            data.prior_train,
+            bundle.identity,
+            train,
+            accelerator.device,
+            compute,
+        )
 
-    ctx = dataclasses.replace(ctx, new_param_names=new_names, batches=batches,
-                              prior_predictions=prior_predictions)
+    ctx = dataclasses.replace(
+        ctx, new_param_names=new_names, batches=batches, prior_predictions=prior_predictions
+    )
     before = _evaluate(task, model, data, ctx)
     hooks.forgetbench_setup(ctx=ctx, model=model, data=data)
     model = hooks.forgetbench_wrap_model(ctx=ctx, model=model) or model
     sampler = hooks.forgetbench_prior_sampler(ctx=ctx, data=data)
     engine.seed_everything(request.seed)
     model, curve = engine.train_loop(
-        task, model, bundle.tokenizer, data.new_train, ctx, accelerator, hooks=hooks,
-        sampler=sampler, prior_split=data.prior_train,
-        needs_features=any(m.needs_features for m in methods), label="fine-tuning",
+        task,
+        model,
+        bundle.tokenizer,
+        data.new_train,
+        ctx,
+        accelerator,
+        hooks=hooks,
+        sampler=sampler,
+        prior_split=data.prior_train,
+        needs_features=any(m.needs_features for m in methods),
+        label="fine-tuning",
     )
-    model = _chain(hooks.forgetbench_finalize, ctx=ctx, model=model,
-                   evaluate=lambda candidate: _flat(_evaluate(task, candidate, data, ctx)))
+    model = _chain(
+        hooks.forgetbench_finalize,
+        ctx=ctx,
+        model=model,
+        evaluate=lambda candidate: _flat(_evaluate(task, candidate, data, ctx)),
+    )
     after = _evaluate(task, model, data, ctx)
     results = derived_metrics(task, before, after)
     for extra in hooks.forgetbench_diagnostics(ctx=ctx):

@@ -28,13 +28,15 @@ STATUSES = ("running", "ok", "failed", "interrupted")
 metadata = sa.MetaData()
 
 migrations_table = sa.Table(
-    "forgetbench_migrations", metadata,
+    "forgetbench_migrations",
+    metadata,
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 runs = sa.Table(
-    "runs", metadata,
+    "runs",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("task", sa.String(200), nullable=False, index=True),
     sa.Column("task_version", sa.String(50), nullable=False),
@@ -57,7 +59,8 @@ runs = sa.Table(
 )
 
 metrics = sa.Table(
-    "metrics", metadata,
+    "metrics",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
     sa.Column("split", sa.String(20), nullable=False),
@@ -69,7 +72,8 @@ metrics = sa.Table(
 )
 
 series = sa.Table(
-    "series", metadata,
+    "series",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
     sa.Column("name", sa.String(200), nullable=False),
@@ -165,8 +169,12 @@ class Store:
     def start_run(self, **fields: Any) -> int:
         """Insert a run row with status ``running``; returns its id."""
         values = {
-            "status": "running", "started_at": now(), "heartbeat_at": now(),
-            "hostname": socket.gethostname(), "pid": os.getpid(), **fields,
+            "status": "running",
+            "started_at": now(),
+            "heartbeat_at": now(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            **fields,
         }
         with self.engine.begin() as connection:
             return connection.execute(runs.insert().values(**values)).inserted_primary_key[0]
@@ -189,8 +197,14 @@ class Store:
         """Store metrics, series and status ``ok`` in one transaction: all or nothing."""
         with self.engine.begin() as connection:
             metric_rows = [
-                {"run_id": run_id, "split": m.split, "stage": m.stage, "name": m.name,
-                 "value": float(m.value), "higher_is_better": m.higher_is_better}
+                {
+                    "run_id": run_id,
+                    "split": m.split,
+                    "stage": m.stage,
+                    "name": m.name,
+                    "value": float(m.value),
+                    "higher_is_better": m.higher_is_better,
+                }
                 for m in results
             ]
             if metric_rows:
@@ -202,14 +216,16 @@ class Store:
             if curve_rows:
                 connection.execute(series.insert(), curve_rows)
             connection.execute(
-                runs.update().where(runs.c.id == run_id)
+                runs.update()
+                .where(runs.c.id == run_id)
                 .values(status="ok", finished_at=now(), compute=compute, error=None)
             )
 
     def fail_run(self, run_id: int, error: str, status: str = "failed") -> None:
         with self.engine.begin() as connection:
             connection.execute(
-                runs.update().where(runs.c.id == run_id)
+                runs.update()
+                .where(runs.c.id == run_id)
                 .values(status=status, error=error[:4000], finished_at=now())
             )
 

