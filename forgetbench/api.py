@@ -158,6 +158,8 @@ class RunContext:
     logger: logging.Logger
     new_param_names: frozenset[str] = frozenset()
     prior_predictions: Callable[[], PriorPredictions] | None = None
+    # batches(split, batch_size=None, extra=False): collated device batches over a split for
+    # inference; extra=True counts them as the method's extra inference.
     batches: Callable[..., Iterator[dict[str, torch.Tensor]]] | None = None
 
     def generator(self, purpose: str) -> np.random.Generator:

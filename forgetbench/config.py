@@ -148,6 +148,8 @@ def split_overrides(overrides: dict[str, str], sections: dict[str, type | None])
                     f"unknown config section {section!r} in --set {key}"
                     + did_you_mean(section, sections)
                 )
+            if not fields_of[section]:  # no config dataclass: nothing would check the key
+                raise ForgetbenchError(f"unknown --set key {key}: {section} has no settings")
             routed[section][name] = value
             continue
         owners = [section for section, names in fields_of.items() if key in names]

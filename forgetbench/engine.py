@@ -48,7 +48,22 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
 
 @contextmanager
 def progress(description: str, total: int, enabled: bool = True):
-    """A rich progress bar on stderr; yields ``advance()``."""
+    """A rich progress bar on stderr; yields ``advance()``. Off a terminal (CI, logs) it prints
+    a plain line at every tenth of the work instead."""
+    if enabled and not stderr.is_terminal:
+        done = [0]
+        started = time.perf_counter()
+
+        def advance(n: int = 1) -> None:
+            before, done[0] = done[0], done[0] + n
+            if total >= 20 and done[0] * 10 // total > before * 10 // total:
+                stderr.print(
+                    f"{description}: {done[0]}/{total} ({time.perf_counter() - started:.0f} s)",
+                    highlight=False,
+                )
+
+        yield advance
+        return
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -56,7 +71,7 @@ def progress(description: str, total: int, enabled: bool = True):
         TimeElapsedColumn(),
         console=stderr,
         transient=True,
-        disable=not enabled or not stderr.is_terminal,
+        disable=not enabled,
     )
     with bar:
         task_id = bar.add_task(description, total=total)
@@ -125,12 +140,12 @@ def prior_predictions(
     model_identity: str,
     train: TrainConfig,
     device: torch.device,
-    compute: Compute,
 ) -> PriorPredictions:
     """The prior cache: f0's per-sample loss, correctness and confidence on ``split``.
 
     Keyed by the prior model's identity and the split's fingerprint, shared by every run and
-    method. Building it is one inference pass, counted as extra inference.
+    method. Building it is one inference pass; a method that relies on it charges that pass to
+    its own compute (the cache hit/miss must not change a run's reported cost).
     """
     from forgetbench.cache import hash_json
 
@@ -140,7 +155,6 @@ def prior_predictions(
         result = predict(
             task, model, tokenizer, split, train.eval_batch_size, device, "prior cache"
         )
-        compute.extra_inference += len(split)
         save_file(
             {
                 "loss": result.loss.contiguous(),
@@ -259,7 +273,7 @@ def train_loop(
             ctx.compute.backpropagated += len(examples)
             if hooks is not None:
                 hooks.forgetbench_after_step(
-                    ctx=ctx, step=step, batch=batch, per_sample=outputs.detach_cpu()
+                    ctx=ctx, step=step, model=model, batch=batch, per_sample=outputs.detach_cpu()
                 )
             curve.append(("train/loss", step, float(loss.detach())))
             advance()

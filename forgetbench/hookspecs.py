@@ -87,10 +87,12 @@ def forgetbench_regularizer(ctx, model, batch, outputs):
 
 
 @hookspec
-def forgetbench_after_step(ctx, step, batch, per_sample):
+def forgetbench_after_step(ctx, step, model, batch, per_sample):
     """Observe the step that just ran.
 
-    ``step`` is the 1-based step number, ``batch`` the collated batch (on CPU) and
+    ``step`` is the 1-based step number, ``model`` the model being trained (in train mode;
+    a method that runs inference on it, e.g. a probe, counts it and restores train mode),
+    ``batch`` the collated batch (on CPU) and
     ``per_sample`` a detached :class:`forgetbench.api.PerSample` on CPU: per-sample loss,
     correctness and confidence of the model *before* this step's update. All implementations
     are called.

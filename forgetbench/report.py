@@ -42,8 +42,12 @@ class Row:
 
 
 def leaderboard(store: Store, task: str | None = None) -> list[Row]:
-    """Rows of ``ok`` runs grouped by (task, config hash); failed runs never appear."""
-    runs = store.get_runs(status="ok", task=task)
+    """Rows of ``ok`` runs grouped by (task, config hash); failed runs never appear. A seed run
+    twice with one config counts once (its latest run)."""
+    latest: dict[tuple[str, str, int], dict] = {}
+    for run in store.get_runs(status="ok", task=task):  # ordered by id: later reruns win
+        latest[run["task"], run["config_hash"], run["seed"]] = run
+    runs = list(latest.values())
     values = store.get_metrics(run["id"] for run in runs)
     rows: dict[tuple[str, str], Row] = {}
     for run in runs:

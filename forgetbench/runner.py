@@ -18,7 +18,15 @@ import numpy as np
 import torch
 
 from forgetbench import engine
-from forgetbench.api import Compute, EvalResult, Method, RunContext, Task, TaskData
+from forgetbench.api import (
+    Compute,
+    EvalResult,
+    Method,
+    PriorPredictions,
+    RunContext,
+    Task,
+    TaskData,
+)
 from forgetbench.cache import cache_root, hash_json
 from forgetbench.config import TrainConfig, build_config, config_dict, split_overrides
 from forgetbench.errors import ForgetbenchError
@@ -270,27 +278,42 @@ def _run(request: RunRequest, resolved: ResolvedRun, store: Store, run_id: int) 
     model = task.init_new_task(bundle, data, ctx).to(accelerator.device)
     new_names = frozenset(name for name, _ in model.named_parameters() if name not in shared)
 
-    def batches(split, batch_size=None):
-        return engine.eval_batches(
+    def batches(split, batch_size=None, extra=False):
+        """Inference batches over ``split``; ``extra=True`` charges them to extra inference."""
+        counter = Compute() if extra else compute
+        for batch in engine.eval_batches(
             task,
             bundle.tokenizer,
             split,
             batch_size or train.eval_batch_size,
             accelerator.device,
-            compute,
-        )
+            counter,
+        ):
+            if extra:
+                compute.extra_inference += len(batch["ids"])
+            yield batch
 
-    def prior_predictions():
-        return engine.prior_predictions(
-            task,
-            bundle.model,
-            bundle.tokenizer,
-            data.prior_train,
-            bundle.identity,
-            train,
-            accelerator.device,
-            compute,
-        )
+    memo: dict[str, Any] = {}
+
+    def prior_predictions() -> PriorPredictions:
+        """f0's predictions on prior train, from the shared cache; only valid before training
+        starts (the model is still f0 then), so later first calls are refused."""
+        if "value" not in memo:
+            if memo.get("frozen"):
+                raise ForgetbenchError(
+                    "prior predictions must be requested before training (in setup or"
+                    " prior_sampler)"
+                )
+            memo["value"] = engine.prior_predictions(
+                task,
+                bundle.model,
+                bundle.tokenizer,
+                data.prior_train,
+                bundle.identity,
+                train,
+                accelerator.device,
+            )
+        return memo["value"]
 
     ctx = dataclasses.replace(
         ctx, new_param_names=new_names, batches=batches, prior_predictions=prior_predictions
@@ -299,6 +322,7 @@ def _run(request: RunRequest, resolved: ResolvedRun, store: Store, run_id: int) 
     hooks.forgetbench_setup(ctx=ctx, model=model, data=data)
     model = hooks.forgetbench_wrap_model(ctx=ctx, model=model) or model
     sampler = hooks.forgetbench_prior_sampler(ctx=ctx, data=data)
+    memo.setdefault("frozen", True)
     engine.seed_everything(request.seed)
     model, curve = engine.train_loop(
         task,

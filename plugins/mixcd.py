@@ -1,1 +1,329 @@
-"""Placeholder until the method lands; registers nothing."""
+"""``mixcd``: rehearse where the collateral damage is.
+
+Collateral damage (CD): a prior sample the prior model f0 predicts correctly and the model
+being fine-tuned gets wrong. mix-cd mixes prior samples into each batch like random
+rehearsal, but draws them from the estimated distribution of CD samples:
+
+- Candidate pool: prior-train samples f0 got right (read from the shared prior cache), with
+  ``conf_threshold`` only those f0 got right with confidence >= threshold.
+- Partitions: each scheme maps a sample to a bin: ``label``, ``loss`` / ``confidence``
+  (quantile bins of f0's loss / confidence over the pool, ``bins`` each), ``aux`` (bins the
+  task provides, e.g. MNLI genre). Several schemes combine ``joint`` (Cartesian cells) or
+  ``factorised``: alpha(a, b, ...) = alpha_bar * prod_s alpha_s / alpha_bar, exact under
+  conditional independence, and needing far fewer observations per bin.
+- Estimator: the rehearsed samples are forwarded anyway; their correctness updates per-bin
+  counts u (CD seen) and n (seen), alpha = (u + 1) / (n + 2), a Beta(1, 1) start at 0.5.
+  ``decay`` < 1 multiplies old counts each step so old evidence fades.
+  ``estimator=probe`` instead spends ``probe_size`` counted extra forward passes every
+  ``probe_every`` steps on a uniform sample of the pool, free of the selection bias.
+- Sampling: cell k with probability proportional to |B_k| * alpha_k (its expected number of CD
+  samples), then uniformly inside the cell. Per-step cost is O(cells + samples), independent of
+  the pool size (bench/bench_mixcd_sampler.py).
+
+Defaults: ``mix_ratio=0.25`` matches ``random`` so the two compare at equal budget;
+``partitions=label,confidence`` with ``factorised`` combination and ``bins=4`` follow
+DESIGN.md's mix-cd description (label bins plus f0-confidence quantiles); no confidence filter
+and no decay unless asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from forgetbench.api import Method, PriorSampler, Split
+from forgetbench.config import check
+from forgetbench.errors import ForgetbenchError
+from forgetbench.hookspecs import hookimpl
+from forgetbench.rehearsal import RehearsalMonitor
+
+SCHEMES = ("label", "loss", "confidence", "aux")
+
+
+def quantile_bins(values: np.ndarray, bins: int) -> np.ndarray:
+    """Bin index in [0, bins) of each value by the values' own quantiles."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+    return np.searchsorted(edges, values, side="right").astype(np.int64)
+
+
+def dense_codes(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Relabel arbitrary integer codes to 0..K-1."""
+    unique, codes = np.unique(values, return_inverse=True)
+    return codes.astype(np.int64), len(unique)
+
+
+class CollateralDamageEstimator:
+    """Per-bin Beta(1, 1) estimates of the CD rate, joint or factorised over schemes.
+
+    ``scheme_codes`` is [S, K]: the bin of each of the K cells under each of the S schemes.
+    Joint mode keeps one count per cell; factorised mode keeps counts per scheme bin.
+    """
+
+    def __init__(
+        self,
+        scheme_codes: np.ndarray,
+        scheme_sizes: list[int],
+        factorised: bool,
+        decay: float = 1.0,
+    ):
+        self.scheme_codes = scheme_codes
+        self.factorised = factorised
+        self.decay = decay
+        cells = scheme_codes.shape[1]
+        shapes = scheme_sizes if factorised else [cells]
+        self.damaged = [np.zeros(size) for size in shapes]
+        self.seen = [np.zeros(size) for size in shapes]
+
+    def update(self, cells: np.ndarray, damage: np.ndarray) -> None:
+        """Fold in observations: the cell of each observed sample and whether it was CD."""
+        if self.decay < 1.0:
+            for counts in (*self.damaged, *self.seen):
+                counts *= self.decay
+        keys = self.scheme_codes[:, cells] if self.factorised else cells[None, :]
+        for damaged, seen, key in zip(self.damaged, self.seen, keys, strict=True):
+            np.add.at(damaged, key, damage.astype(float))
+            np.add.at(seen, key, 1.0)
+
+    def scheme_rates(self) -> list[np.ndarray]:
+        return [(u + 1.0) / (n + 2.0) for u, n in zip(self.damaged, self.seen, strict=True)]
+
+    def cell_rates(self) -> np.ndarray:
+        """alpha per cell [K]."""
+        rates = self.scheme_rates()
+        if not self.factorised:
+            return rates[0]
+        overall = (self.damaged[0].sum() + 1.0) / (self.seen[0].sum() + 2.0)
+        combined = np.full(self.scheme_codes.shape[1], overall)
+        for rate, codes in zip(rates, self.scheme_codes, strict=True):
+            combined *= rate[codes] / overall
+        return np.clip(combined, 1e-6, 1.0)
+
+    def state_dict(self) -> dict:
+        return {
+            "damaged": [u.tolist() for u in self.damaged],
+            "seen": [n.tolist() for n in self.seen],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.damaged = [np.asarray(u, dtype=float) for u in state["damaged"]]
+        self.seen = [np.asarray(n, dtype=float) for n in state["seen"]]
+
+
+class CollateralDamageSampler(PriorSampler):
+    """Draws cells proportionally to size x estimated CD rate, then uniformly within a cell.
+
+    ``cell_of`` maps every prior-train index to its cell (-1: not in the candidate pool).
+    """
+
+    def __init__(self, mix_ratio: float, cell_of: np.ndarray, estimator: CollateralDamageEstimator):
+        super().__init__(mix_ratio)
+        self.cell_of = cell_of
+        self.estimator = estimator
+        members = np.flatnonzero(cell_of >= 0)
+        order = np.argsort(cell_of[members], kind="stable")
+        self.members = members[order]
+        self.sizes = np.bincount(cell_of[members], minlength=estimator.scheme_codes.shape[1])
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+
+    def cell_probabilities(self) -> np.ndarray:
+        weights = self.sizes * self.estimator.cell_rates()
+        return weights / weights.sum()
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        cells = rng.choice(len(self.sizes), size=n, p=self.cell_probabilities())
+        offsets = (rng.random(n) * self.sizes[cells]).astype(np.int64)
+        return self.members[self.starts[cells] + offsets]
+
+    def state_dict(self) -> dict:
+        return {"estimator": self.estimator.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.estimator.load_state_dict(state["estimator"])
+
+
+def build_cells(
+    schemes: tuple[str, ...],
+    bins: int,
+    labels: np.ndarray,
+    loss: np.ndarray,
+    confidence: np.ndarray,
+    aux: np.ndarray | None,
+    pool: np.ndarray,
+):
+    """Cells of the candidate pool. Returns (cell per pool sample, [S, K] scheme codes per
+    cell, bins per scheme)."""
+    per_scheme, sizes = [], []
+    for scheme in schemes:
+        if scheme == "label":
+            codes, size = dense_codes(labels[pool])
+        elif scheme == "loss":
+            codes, size = quantile_bins(loss[pool], bins), bins
+        elif scheme == "confidence":
+            codes, size = quantile_bins(confidence[pool], bins), bins
+        else:
+            if aux is None:
+                raise ForgetbenchError(
+                    "mixcd partition 'aux' needs a task that provides"
+                    " auxiliary bins (this task has none)"
+                )
+            codes, size = dense_codes(np.asarray(aux)[pool])
+        per_scheme.append(codes)
+        sizes.append(size)
+    stacked = np.stack(per_scheme)  # [S, pool]
+    flat = np.ravel_multi_index(tuple(stacked), tuple(sizes))
+    unique, cell = np.unique(flat, return_inverse=True)
+    scheme_codes = np.stack(np.unravel_index(unique, tuple(sizes))).astype(np.int64)
+    return cell.astype(np.int64), scheme_codes, sizes
+
+
+@dataclass
+class MixCDConfig:
+    mix_ratio: float = field(default=0.25, metadata={"help": "share of each batch rehearsed"})
+    partitions: tuple[str, ...] = field(
+        default=("label", "confidence"), metadata={"help": "label, loss, confidence, aux"}
+    )
+    combine: str = field(default="factorised", metadata={"help": "joint | factorised"})
+    bins: int = field(default=4, metadata={"help": "quantile bins for loss / confidence"})
+    conf_threshold: float | None = field(
+        default=None, metadata={"help": "pool: f0 confidence >= this"}
+    )
+    decay: float = field(default=1.0, metadata={"help": "per-step decay of old counts"})
+    estimator: str = field(default="rehearsal", metadata={"help": "rehearsal | probe"})
+    probe_size: int = field(default=32, metadata={"help": "probe samples per probe"})
+    probe_every: int = field(default=10, metadata={"help": "steps between probes"})
+    log_every: int = field(default=10, metadata={"help": "steps between alpha snapshots"})
+
+    def __post_init__(self):
+        check(0.0 < self.mix_ratio < 1.0, f"mix_ratio must be in (0, 1), got {self.mix_ratio}")
+        check(len(self.partitions) >= 1, "partitions needs at least one scheme")
+        for scheme in self.partitions:
+            check(
+                scheme in SCHEMES, f"partitions: unknown scheme {scheme!r} (choose from {SCHEMES})"
+            )
+        check(len(set(self.partitions)) == len(self.partitions), "partitions repeat a scheme")
+        check(
+            self.combine in ("joint", "factorised"),
+            f"combine must be joint or factorised, got {self.combine!r}",
+        )
+        check(2 <= self.bins <= 100, f"bins must be in [2, 100], got {self.bins}")
+        check(
+            self.conf_threshold is None or 0.0 <= self.conf_threshold <= 1.0,
+            f"conf_threshold must be in [0, 1], got {self.conf_threshold}",
+        )
+        check(0.0 < self.decay <= 1.0, f"decay must be in (0, 1], got {self.decay}")
+        check(
+            self.estimator in ("rehearsal", "probe"),
+            f"estimator must be rehearsal or probe, got {self.estimator!r}",
+        )
+        check(self.probe_size >= 1 and self.probe_every >= 1, "probe sizes must be >= 1")
+        check(self.log_every >= 1, "log_every must be >= 1")
+
+
+class MixCD(Method):
+    name = "mixcd"
+    description = "rehearsal drawn where collateral damage is (partitioned CD-rate estimates)"
+    Config = MixCDConfig
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.sampler: CollateralDamageSampler | None = None
+        self.monitor: RehearsalMonitor | None = None
+        self.series: list[tuple[str, int, float]] = []
+        self.pool_size = 0
+
+    @hookimpl
+    def forgetbench_prior_sampler(self, ctx, data):
+        config = self.config
+        predictions = ctx.prior_predictions()
+        # The prior cache is one inference pass of f0 over the prior train set, charged to
+        # every mix-cd run (it is cached on disk and shared, but it is this method's cost).
+        ctx.compute.extra_inference += len(data.prior_train)
+        keep = predictions.correct.copy()
+        if config.conf_threshold is not None:
+            keep &= predictions.confidence >= config.conf_threshold
+        pool = np.flatnonzero(keep)
+        if len(pool) == 0:
+            raise ForgetbenchError(
+                "mixcd: the candidate pool is empty (no prior sample is"
+                " right with the required confidence)"
+            )
+        cells, scheme_codes, sizes = build_cells(
+            config.partitions,
+            config.bins,
+            predictions.labels,
+            predictions.loss,
+            predictions.confidence,
+            ctx.task.partitions(data),
+            pool,
+        )
+        cell_of = np.full(len(data.prior_train), -1, dtype=np.int64)
+        cell_of[pool] = cells
+        estimator = CollateralDamageEstimator(
+            scheme_codes, sizes, config.combine == "factorised", config.decay
+        )
+        self.sampler = CollateralDamageSampler(config.mix_ratio, cell_of, estimator)
+        self.monitor = RehearsalMonitor(predictions.correct)
+        self.pool_size = len(pool)
+        self.prior_split = data.prior_train
+        self._snapshot(0)
+        return self.sampler
+
+    @hookimpl
+    def forgetbench_after_step(self, ctx, step, model, batch, per_sample):
+        index, damage = self.monitor.observe(batch, per_sample)
+        if self.config.estimator == "rehearsal":
+            cells = self.sampler.cell_of[index]
+            in_pool = cells >= 0
+            self.sampler.estimator.update(cells[in_pool], damage[in_pool])
+        elif step % self.config.probe_every == 0:
+            self._probe(ctx, model, step)
+        if step % self.config.log_every == 0:
+            self._snapshot(step)
+
+    def _probe(self, ctx, model, step: int) -> None:
+        """Counted extra inference on a uniform sample of the pool: unbiased CD observations."""
+        rng = ctx.generator(f"mixcd-probe-{step}")
+        index = rng.choice(self.sampler.members, size=self.config.probe_size)
+        probe = Split("probe", [self.prior_split[int(i)] for i in index])
+        model.eval()
+        correct = []
+        with torch.inference_mode():
+            for batch in ctx.batches(probe, extra=True):
+                correct.append(ctx.task.forward(model, batch).correct.cpu().numpy())
+        model.train()
+        self.sampler.estimator.update(self.sampler.cell_of[index], ~np.concatenate(correct))
+
+    def _snapshot(self, step: int) -> None:
+        estimator = self.sampler.estimator
+        names = self.config.partitions
+        if estimator.factorised:
+            for scheme, rates in zip(names, estimator.scheme_rates(), strict=True):
+                self.series += [
+                    (f"mixcd/alpha/{scheme}={b}", step, float(r)) for b, r in enumerate(rates)
+                ]
+        else:
+            for cell, rate in enumerate(estimator.cell_rates()):
+                label = "|".join(
+                    f"{s}={c}" for s, c in zip(names, estimator.scheme_codes[:, cell], strict=True)
+                )
+                self.series.append((f"mixcd/alpha/{label}", step, float(rate)))
+
+    @hookimpl
+    def forgetbench_diagnostics(self):
+        if self.monitor is None:
+            return None
+        metrics = {
+            **self.monitor.metrics(),
+            "pool_size": float(self.pool_size),
+            "cells": float(len(self.sampler.sizes)),
+        }
+        return {"metrics": metrics, "series": self.series}
+
+
+@hookimpl
+def forgetbench_register_methods(register):
+    register(MixCD)

@@ -1,0 +1,44 @@
+# The README's two commands: `make demo` (the offline default job) and `make test`.
+# Both set everything up on a fresh machine: a .venv with the pinned packages, and the
+# Debian data package the offline scenario reads (WordNet).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SEEDS ?= 0
+
+.PHONY: setup data demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,postgres]'
+	touch $(STAMP)
+
+data:
+	@if [ ! -f /usr/share/wordnet/data.noun ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wordnet-base; \
+	fi
+
+setup: $(STAMP) data
+
+demo: setup
+	@for seed in $(SEEDS); do \
+		$(BIN)/forgetbench run --task wordnet --method finetune --seed $$seed || exit 1; \
+		$(BIN)/forgetbench run --task wordnet --method mixcd --seed $$seed || exit 1; \
+	done
+	$(BIN)/forgetbench leaderboard --task wordnet
+
+test: setup
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/bench_mixcd_sampler.py
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,5 @@
+"""``python -m forgetbench`` runs the CLI."""
+
+from forgetbench.cli import main
+
+main()

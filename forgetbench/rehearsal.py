@@ -1,0 +1,55 @@
+"""Bookkeeping shared by rehearsal methods: which rehearsed samples were collateral damage."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from forgetbench.api import PerSample
+
+
+def prior_rows(batch: dict[str, torch.Tensor], per_sample: PerSample):
+    """Prior-train indices [P] and current correctness [P] of the prior samples in a batch."""
+    mask = batch["is_prior"].cpu().numpy()
+    index = batch["index"].cpu().numpy()[mask]
+    correct = per_sample.correct.cpu().numpy()[mask].astype(bool)
+    return index, correct
+
+
+class RehearsalMonitor:
+    """Counts rehearsed prior samples and those that were collateral damage when seen.
+
+    A rehearsed sample is collateral damage (CD) when the prior model f0 got it right and the
+    current model gets it wrong in the step's forward pass (before that step's update).
+    """
+
+    def __init__(self, prior_correct: np.ndarray):
+        self.prior_correct = np.asarray(prior_correct, dtype=bool)
+        self.rehearsed = 0
+        self.damaged = 0
+
+    def observe(self, batch: dict[str, torch.Tensor], per_sample: PerSample):
+        """Update the counts; returns (indices, is_cd) of the batch's prior samples."""
+        index, correct = prior_rows(batch, per_sample)
+        damage = self.prior_correct[index] & ~correct
+        self.rehearsed += len(index)
+        self.damaged += int(damage.sum())
+        return index, damage
+
+    @property
+    def precision(self) -> float:
+        """Share of rehearsed samples that were CD when seen (0 when nothing was rehearsed)."""
+        return self.damaged / self.rehearsed if self.rehearsed else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "rehearsal_precision": self.precision,
+            "rehearsed": float(self.rehearsed),
+            "rehearsed_cd": float(self.damaged),
+        }
+
+    def state_dict(self) -> dict:
+        return {"rehearsed": self.rehearsed, "damaged": self.damaged}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rehearsed, self.damaged = int(state["rehearsed"]), int(state["damaged"])

@@ -1,0 +1,221 @@
+"""Core: config routing, the registry and hook conflicts, derived metrics, the leaderboard."""
+
+import dataclasses
+
+import numpy as np
+import pluggy
+import pytest
+
+from forgetbench import hookspecs
+from forgetbench.api import EvalResult, Method, PriorSampler, TaskMetadata
+from forgetbench.config import TrainConfig, build_config, parse_set, split_overrides
+from forgetbench.errors import ForgetbenchError
+from forgetbench.hookspecs import hookimpl
+from forgetbench.registry import Registry, get_registry, plugin_manager, run_plugin_manager
+from forgetbench.report import leaderboard
+from forgetbench.runner import derived_metrics
+from forgetbench.store import Metric, Store
+
+
+@dataclasses.dataclass
+class SmallConfig:
+    ratio: float = 0.5
+    names: tuple[str, ...] = ("a",)
+    flag: bool = False
+    limit: int | None = None
+
+    def __post_init__(self):
+        if not 0 <= self.ratio <= 1:
+            raise ValueError(f"ratio must be in [0, 1], got {self.ratio}")
+
+
+def test_parse_set_and_type_conversion():
+    overrides = parse_set(["ratio=0.25", "names=a,b", "flag=yes", "limit=none"])
+    config = build_config(SmallConfig, overrides, "small")
+    assert config == SmallConfig(0.25, ("a", "b"), True, None)
+    assert build_config(SmallConfig, {"limit": "7"}, "small").limit == 7
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        (["ratio=2"], "ratio must be in"),
+        (["ratio=abc"], "small.ratio expects a number"),
+        (["flag=maybe"], "expects true or false"),
+        (["ratoi=0.1"], "did you mean 'ratio'"),
+    ],
+)
+def test_bad_values_are_one_clear_error(pairs, message):
+    with pytest.raises(ForgetbenchError, match=message):
+        build_config(SmallConfig, parse_set(pairs), "small")
+
+
+def test_parse_set_needs_key_and_value():
+    with pytest.raises(ForgetbenchError, match="key=value"):
+        parse_set(["lr"])
+
+
+def test_overrides_route_to_sections_and_ambiguity_is_an_error():
+    sections = {"train": TrainConfig, "small": SmallConfig, "other": SmallConfig}
+    routed = split_overrides({"lr": "1e-4", "small.ratio": "0.1"}, sections)
+    assert routed["train"] == {"lr": "1e-4"}
+    assert routed["small"] == {"ratio": "0.1"}
+    with pytest.raises(ForgetbenchError, match="ambiguous"):
+        split_overrides({"ratio": "0.1"}, sections)
+    with pytest.raises(ForgetbenchError, match=r"unknown config section 'smal'.*did you mean"):
+        split_overrides({"smal.ratio": "0.1"}, sections)
+
+
+def test_train_config_rejects_negative_lr():
+    with pytest.raises(ForgetbenchError, match="lr must be > 0"):
+        build_config(TrainConfig, {"lr": "-1"}, "train")
+
+
+class Claims(Method):
+    name = "claims"
+
+    @hookimpl
+    def forgetbench_prior_sampler(self, ctx, data):
+        return None
+
+
+class AlsoClaims(Claims):
+    name = "also-claims"
+
+
+def test_two_methods_claiming_a_firstresult_hook_conflict():
+    with pytest.raises(ForgetbenchError, match="also-claims and claims both implement"):
+        run_plugin_manager([Claims(), AlsoClaims()])
+    run_plugin_manager([Claims()])  # alone it is fine
+
+
+def test_misspelled_hook_is_caught_by_check_pending():
+    class Typo(Method):
+        name = "typo"
+
+        @hookimpl
+        def forgetbench_regulariser(self, ctx):  # British spelling: not a hook
+            return None
+
+    with pytest.raises(pluggy.PluginValidationError):
+        run_plugin_manager([Typo()])
+
+
+def test_registry_duplicates_and_suggestions():
+    registry = Registry()
+    registry.add_method(Claims, "dist-a")
+    with pytest.raises(ForgetbenchError, match=r"duplicate method 'claims'.*dist-a.*dist-b"):
+        registry.add_method(Claims, "dist-b")
+    with pytest.raises(ForgetbenchError, match="did you mean 'claims'"):
+        registry.method("clams")
+
+
+def test_builtins_register_through_entry_points():
+    registry = get_registry(reload=True)
+    assert {"finetune", "random", "mixcd"} <= set(registry.methods)
+    assert {"wordnet", "mnli"} <= set(registry.tasks)
+    assert registry.methods["finetune"].provider == "forgetbench"
+
+
+def test_disable_plugins_env(monkeypatch):
+    monkeypatch.setenv("FORGETBENCH_DISABLE_PLUGINS", "mixcd")
+    try:
+        assert "mixcd" not in get_registry(reload=True).methods
+    finally:
+        monkeypatch.delenv("FORGETBENCH_DISABLE_PLUGINS")
+        get_registry(reload=True)
+
+
+def test_every_hookspec_is_documented():
+    """Like datasette: a hook without a section in docs/hooks.md fails the build."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "hooks.md").read_text()
+    manager = plugin_manager()
+    names = [n for n in dir(manager.hook) if n.startswith("forgetbench_")]
+    assert len(names) >= 9
+    for name in names:
+        assert f"### {name}(" in text, f"{name} is not documented in docs/hooks.md"
+
+
+class FakeTask:
+    metadata = TaskMetadata(name="fake", family="text-classification", description="")
+
+
+def test_derived_metrics_by_hand():
+    before = {
+        "prior": EvalResult({"accuracy": 0.8, "loss": 0.5}, np.array([1, 1, 1, 0], bool)),
+        "new": EvalResult({"accuracy": 0.1, "loss": 3.0}),
+    }
+    after = {
+        "prior": EvalResult({"accuracy": 0.6, "loss": 0.9}, np.array([1, 0, 0, 1], bool)),
+        "new": EvalResult({"accuracy": 0.9, "loss": 0.2}),
+    }
+    rows = {(m.split, m.stage, m.name): m for m in derived_metrics(FakeTask(), before, after)}
+    assert rows["prior", "derived", "forgetting"].value == pytest.approx(0.2)
+    assert rows["new", "derived", "gain"].value == pytest.approx(0.8)
+    # two of four prior eval examples were right before and wrong after
+    assert rows["prior", "derived", "cd_rate"].value == pytest.approx(0.5)
+    assert rows["prior", "after", "loss"].higher_is_better is False
+    assert rows["prior", "after", "accuracy"].higher_is_better is True
+
+
+def _store_run(store, methods, seed, prior, new, config_hash=None, ok=True):
+    run_id = store.start_run(
+        task="fake",
+        task_version="1",
+        methods=methods,
+        config={},
+        config_hash=config_hash or methods,
+        seed=seed,
+        model="m",
+        data_fingerprints={},
+        versions={},
+    )
+    if not ok:
+        store.fail_run(run_id, "boom")
+        return run_id
+    store.finish_run(
+        run_id,
+        [
+            Metric("prior", "after", "accuracy", prior),
+            Metric("new", "after", "accuracy", new),
+            Metric("prior", "derived", "forgetting", 0.9 - prior, False),
+        ],
+    )
+    return run_id
+
+
+def test_leaderboard_mean_std_pareto_and_failed_runs_excluded(db):
+    store = Store(db)
+    _store_run(store, "a", 0, 0.70, 0.90)
+    _store_run(store, "a", 1, 0.80, 0.80)
+    _store_run(store, "b", 0, 0.60, 0.80)  # dominated by a's mean (0.75, 0.85)
+    _store_run(store, "c", 0, 0.90, 0.50)
+    _store_run(store, "c", 1, 0.10, 0.10, ok=False)
+    rows = {row.methods: row for row in leaderboard(store)}
+    assert set(rows) == {"a", "b", "c"}
+    assert rows["a"].mean("prior_after") == pytest.approx(0.75)
+    assert rows["a"].std("prior_after") == pytest.approx(np.std([0.7, 0.8], ddof=1))
+    assert rows["a"].mean("forgetting") == pytest.approx(0.15)
+    assert len(rows["c"].seeds) == 1  # the failed seed never shows
+    assert rows["a"].pareto
+    assert rows["c"].pareto
+    assert not rows["b"].pareto
+
+
+def test_prior_sampler_count_rounds_the_share():
+    class Fixed(PriorSampler):
+        def sample(self, n, rng):
+            return np.zeros(n, dtype=np.int64)
+
+    assert Fixed(0.25).count(32) == 8
+    assert Fixed(0.0).count(32) == 0
+
+
+def test_hookspec_module_marks_firstresult():
+    manager = plugin_manager()
+    assert manager.hook.forgetbench_wrap_model.spec.opts["firstresult"]
+    assert manager.hook.forgetbench_prior_sampler.spec.opts["firstresult"]
+    assert not manager.hook.forgetbench_regularizer.spec.opts["firstresult"]
+    assert hookspecs.PROJECT == "forgetbench"

@@ -1,0 +1,199 @@
+"""mix-cd on a planted scenario: a simulated per-sample oracle with known damage rates."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from forgetbench.api import Compute, PerSample, PriorPredictions, Split, TaskData
+from forgetbench.errors import ForgetbenchError
+from forgetbench_plugins.mixcd import (
+    CollateralDamageEstimator,
+    CollateralDamageSampler,
+    MixCD,
+    MixCDConfig,
+    build_cells,
+    quantile_bins,
+)
+from forgetbench_plugins.random_mixing import RandomConfig, RandomMixing
+
+POOL = 5000
+LABELS = 10
+RATE_A, RATE_REST = 0.5, 0.05  # bin A (label 0) is damaged 10x as often as the rest
+
+
+def planted(seed=0, size=POOL):
+    """Prior predictions where f0 got everything right; labels uniform; aux independent."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, LABELS, size)
+    return PriorPredictions(
+        loss=rng.random(size),
+        correct=np.ones(size, bool),
+        confidence=rng.random(size),
+        labels=labels,
+    ), rng.integers(0, 3, size)
+
+
+def damage_rate(labels):
+    return np.where(labels == 0, RATE_A, RATE_REST)
+
+
+def fake_context(predictions, aux, seed=0):
+    task = SimpleNamespace(partitions=lambda data: aux)
+    ctx = SimpleNamespace(
+        prior_predictions=lambda: predictions,
+        compute=Compute(),
+        task=task,
+        generator=lambda purpose: np.random.default_rng(seed),
+    )
+    examples = [
+        {"id": i, "label": int(label), "source": "prior"}
+        for i, label in enumerate(predictions.labels)
+    ]
+    data = TaskData(Split("prior_train", examples), Split("e", []), Split("n", []), Split("ne", []))
+    return ctx, data
+
+
+def simulate(method, predictions, aux, steps=400, per_step=8, seed=1):
+    """Drive a rehearsal method through its hooks with an oracle deciding CD per sample."""
+    ctx, data = fake_context(predictions, aux)
+    sampler = method.forgetbench_prior_sampler(ctx=ctx, data=data)
+    rng = np.random.default_rng(seed)
+    oracle = np.random.default_rng(seed + 100)
+    for step in range(1, steps + 1):
+        index = sampler.sample(per_step, rng)
+        damaged = oracle.random(per_step) < damage_rate(predictions.labels[index])
+        batch = {
+            "is_prior": torch.ones(per_step, dtype=torch.bool),
+            "index": torch.as_tensor(index),
+        }
+        per_sample = PerSample(
+            loss=torch.zeros(per_step),
+            correct=torch.as_tensor(~damaged),
+            confidence=torch.ones(per_step),
+        )
+        if isinstance(method, MixCD):
+            method.forgetbench_after_step(
+                ctx=ctx, step=step, model=None, batch=batch, per_sample=per_sample
+            )
+        else:
+            method.forgetbench_after_step(batch=batch, per_sample=per_sample)
+    return method, ctx
+
+
+@pytest.mark.parametrize("combine", ["joint", "factorised"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mixcd_rehearses_at_least_twice_the_damage_of_random(combine, seed):
+    predictions, aux = planted(seed)
+    config = MixCDConfig(partitions=("label", "aux"), combine=combine)
+    mixcd, _ = simulate(MixCD(config), predictions, aux, seed=seed)
+    random, _ = simulate(RandomMixing(RandomConfig()), predictions, aux, seed=seed)
+    # Expected: random ~ 0.095; mix-cd at its fixed point ~ 0.29 (samples bin A ~ 53%).
+    assert random.monitor.precision == pytest.approx(0.095, abs=0.03)
+    assert mixcd.monitor.precision >= 2 * random.monitor.precision
+
+
+@pytest.mark.parametrize("factorised", [False, True])
+def test_estimator_converges_to_planted_rates_from_uniform_observations(factorised):
+    predictions, aux = planted(3)
+    pool = np.arange(POOL)
+    cells, codes, sizes = build_cells(
+        ("label", "aux"), 4, predictions.labels, predictions.loss, predictions.confidence, aux, pool
+    )
+    estimator = CollateralDamageEstimator(codes, sizes, factorised)
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # the probe estimator's setting: unbiased uniform observations
+        index = rng.integers(0, POOL, 32)
+        damage = rng.random(32) < damage_rate(predictions.labels[index])
+        estimator.update(cells[index], damage)
+    rates = estimator.cell_rates()
+    label_of_cell = codes[0]
+    assert np.all(np.abs(rates[label_of_cell == 0] - RATE_A) < 0.12)
+    assert np.all(np.abs(rates[label_of_cell != 0] - RATE_REST) < 0.04)
+
+
+def test_estimator_starts_at_one_half_and_decay_forgets():
+    codes = np.array([[0, 1]])
+    estimator = CollateralDamageEstimator(codes, [2], factorised=False, decay=0.5)
+    assert estimator.cell_rates().tolist() == [0.5, 0.5]
+    estimator.update(np.array([0, 0, 0, 0]), np.array([True] * 4))
+    assert estimator.cell_rates()[0] == pytest.approx(5 / 6)
+    for _ in range(20):  # no new evidence: old counts fade back towards the prior
+        estimator.update(np.array([], dtype=np.int64), np.array([], dtype=bool))
+    assert estimator.cell_rates()[0] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_factorised_combination_formula():
+    """alpha(a, b) = alpha_a * alpha_b / alpha_bar on a hand-computed example."""
+    codes = np.array([[0, 0, 1, 1], [0, 1, 0, 1]])
+    estimator = CollateralDamageEstimator(codes, [2, 2], factorised=True)
+    estimator.update(np.array([0, 0, 1, 2]), np.array([True, True, False, False]))
+    # scheme 1: bin0 u=2 n=3, bin1 u=0 n=1; scheme 2: bin0 u=2 n=3 (cells 0, 2), bin1 u=0 n=1
+    a1 = np.array([3 / 5, 1 / 3])
+    a2 = np.array([3 / 5, 1 / 3])
+    bar = 3 / 6
+    expected = [a1[0] * a2[0] / bar, a1[0] * a2[1] / bar, a1[1] * a2[0] / bar, a1[1] * a2[1] / bar]
+    assert estimator.cell_rates() == pytest.approx(expected)
+
+
+def test_sampling_is_size_times_rate_then_uniform_within_cell():
+    cell_of = np.array([0] * 30 + [1] * 10 + [-1] * 5)
+    estimator = CollateralDamageEstimator(np.array([[0, 1]]), [2], factorised=False)
+    estimator.load_state_dict({"damaged": [[0.0, 8.0]], "seen": [[8.0, 8.0]]})
+    sampler = CollateralDamageSampler(0.25, cell_of, estimator)
+    # weights: 30 * 0.1 and 10 * 0.9 -> p(cell 1) = 9 / 12
+    assert sampler.cell_probabilities() == pytest.approx([0.25, 0.75])
+    draws = sampler.sample(20000, np.random.default_rng(0))
+    assert not np.isin(draws, np.arange(40, 45)).any()  # outside the pool: never drawn
+    assert np.mean(draws >= 30) == pytest.approx(0.75, abs=0.01)
+    counts = np.bincount(draws[draws >= 30], minlength=40)[30:40]
+    assert counts.min() > 0.8 * counts.mean()  # uniform inside the cell
+
+
+def test_confidence_filter_excludes_low_confidence_samples():
+    predictions, aux = planted(4)
+    predictions.correct[:100] = False  # f0 wrong: never collateral damage, never in the pool
+    method = MixCD(MixCDConfig(conf_threshold=0.7))
+    ctx, data = fake_context(predictions, aux)
+    sampler = method.forgetbench_prior_sampler(ctx=ctx, data=data)
+    pool = sampler.members
+    assert np.all(predictions.confidence[pool] >= 0.7)
+    assert not np.isin(np.arange(100), pool).any()
+    expected = np.sum(predictions.correct & (predictions.confidence >= 0.7))
+    assert len(pool) == expected
+    draws = sampler.sample(5000, np.random.default_rng(1))
+    assert np.all(predictions.confidence[draws] >= 0.7)
+    assert ctx.compute.extra_inference == POOL  # the prior-cache pass is charged to mix-cd
+
+
+def test_quantile_bins_are_balanced():
+    values = np.random.default_rng(0).random(1000)
+    counts = np.bincount(quantile_bins(values, 4))
+    assert counts.tolist() == [250, 250, 250, 250]
+
+
+def test_aux_partition_needs_task_bins():
+    predictions, _ = planted(5, size=50)
+    method = MixCD(MixCDConfig(partitions=("aux",)))
+    ctx, data = fake_context(predictions, None)
+    with pytest.raises(ForgetbenchError, match="aux"):
+        method.forgetbench_prior_sampler(ctx=ctx, data=data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("mix_ratio", 1.5),
+        ("mix_ratio", 0.0),
+        ("partitions", ("genre",)),
+        ("combine", "both"),
+        ("conf_threshold", 1.2),
+        ("decay", 0.0),
+        ("estimator", "oracle"),
+        ("bins", 1),
+    ],
+)
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field.split("_")[0]):
+        MixCDConfig(**{field: value})

@@ -1,0 +1,190 @@
+"""The text-classification family: WordNet and chatterbot readers, the MNLI loader on local
+files in the hub schema, and its offline error."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from forgetbench.errors import ForgetbenchError
+from forgetbench.runner import RunRequest, execute
+from forgetbench.store import Store
+from forgetbench_tasks.text_classification import (
+    LEXNAMES,
+    read_chatterbot,
+    read_wordnet,
+    split_examples,
+    tap_layers,
+)
+
+WORDNET_LINES = {
+    "noun": [
+        "  1 This software and database is being provided to you, the LICENSEE, by  ",
+        "00001740 03 n 01 entity 0 003 ~ 00001930 n 0000 | that which is perceived to exist  ",
+        '00015388 05 n 01 animal 0 001 @ 00004475 n 0000 | a living organism; "animals move"  ',
+    ],
+    "verb": ["00001740 29 v 01 breathe 0 001 @ 00002325 v 0000 | draw air into the lungs  "],
+    "adj": ["00001740 00 a 01 able 0 001 ! 00002098 a 0101 | having the necessary means  "],
+    "adv": ["00001837 02 r 01 barely 0 000 | only just  "],
+}
+
+
+def write_wordnet(root):
+    for pos, lines in WORDNET_LINES.items():
+        (root / f"data.{pos}").write_text("\n".join(lines) + "\n")
+
+
+def test_read_wordnet_parses_glosses_and_supersenses(tmp_path):
+    write_wordnet(tmp_path)
+    examples = read_wordnet(tmp_path)
+    assert len(examples) == 5  # the licence header is skipped
+    by_text = {e["text"]: e for e in examples}
+    animal = by_text['a living organism; "animals move"']
+    assert LEXNAMES[animal["label"]] == "noun.animal"
+    assert LEXNAMES[by_text["draw air into the lungs"]["label"]] == "verb.body"
+    assert LEXNAMES[by_text["only just"]["label"]] == "adv.all"
+    assert len({e["id"] for e in examples}) == 5  # same offset in two files, distinct ids
+
+
+def test_missing_wordnet_says_what_to_install(tmp_path):
+    with pytest.raises(ForgetbenchError, match="apt-get install wordnet-base"):
+        read_wordnet(tmp_path)
+
+
+def test_lexnames_are_the_45_supersenses():
+    assert len(LEXNAMES) == 45
+    assert LEXNAMES[3] == "noun.Tops"
+    assert LEXNAMES[44] == "adj.ppl"
+
+
+def test_real_chatterbot_corpus():
+    examples, topics = read_chatterbot()
+    assert len(topics) >= 15
+    assert len(examples) > 1500  # 1,901 distinct utterances in chatterbot-corpus 1.3
+    assert len({e["text"] for e in examples}) == len(examples)
+    assert {e["label"] for e in examples} == set(range(len(topics)))
+
+
+def test_split_is_fixed_and_disjoint():
+    examples = [{"id": i, "text": str(i), "label": i % 3} for i in range(100)]
+    train, held_out = split_examples(examples, 20, None, "new", seed=0)
+    again, _ = split_examples(examples, 20, None, "new", seed=0)
+    assert train.fingerprint() == again.fingerprint()
+    assert len(held_out) == 20
+    assert not {e["id"] for e in train.examples} & {e["id"] for e in held_out.examples}
+    assert all(e["source"] == "new" for e in train.examples)
+
+
+def test_tap_layers_spread_from_embeddings_to_last():
+    assert tap_layers(6) == [0, 2, 4, 6]
+    assert tap_layers(12) == [0, 4, 8, 12]
+
+
+# -- MNLI on small local files in the hub schema -------------------------------------------------
+
+GENRES = ["fiction", "government", "travel"]
+
+
+def write_mnli_files(directory, count=48):
+    nli, sentiment = [], []
+    for i in range(count):
+        label = i % 3
+        nli.append(
+            {
+                "promptID": i,
+                "pairID": f"{i}e",
+                "premise": f"the cat sat {i}",
+                "hypothesis": ["a cat sat", "a dog ran", "nothing sat"][label],
+                "genre": GENRES[i % 3],
+                "label": label,
+            }
+        )
+        sentiment.append({"idx": i, "sentence": ["good fun", "bad film"][i % 2], "label": i % 2})
+    nli.append({**nli[0], "label": -1})  # unlabelled rows are dropped, as in the hub data
+    for name, rows in [
+        ("mnli_train", nli),
+        ("mnli_validation_matched", nli[:12]),
+        ("sst2_train", sentiment),
+        ("sst2_validation", sentiment[:10]),
+    ]:
+        (directory / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+
+
+def write_tiny_bert(directory):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = ["the", "cat", "sat", "a", "dog", "ran", "nothing", "good", "fun", "bad", "film"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *[str(i) for i in range(60)]]
+    directory.mkdir()
+    (directory / "vocab.txt").write_text("\n".join(vocab))
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    BertModel(config).save_pretrained(directory)
+
+
+def test_mnli_loader_runs_end_to_end_on_local_files(tmp_path, db):
+    write_mnli_files(tmp_path)
+    write_tiny_bert(tmp_path / "bert")
+    overrides = {
+        "task.data_dir": str(tmp_path),
+        "task.base_model": str(tmp_path / "bert"),
+        "task.stage0_steps": "3",
+        "batch_size": "8",
+        "max_length": "16",
+    }
+    overrides["mixcd.partitions"] = "aux,label"
+    request = RunRequest(task="mnli", methods=["mixcd"], steps=3, overrides=overrides)
+    run_id = execute(request, db=db)
+    store = Store(db)
+    run = store.get_run(run_id)
+    assert run["status"] == "ok"
+    assert set(run["data_fingerprints"]) == {"prior_train", "prior_eval", "new_train", "new_eval"}
+    values = store.get_metrics([run_id])[run_id]
+    assert 0.0 <= values["prior/after/accuracy"] <= 1.0
+    # cells come from genre x label: at most 3 x 3
+    assert 1 <= values["run/derived/cells"] <= 9
+
+
+def test_mnli_missing_local_file_is_one_clear_error(tmp_path, db):
+    with pytest.raises(ForgetbenchError, match=r"mnli_train\.jsonl"):
+        execute(RunRequest(task="mnli", overrides={"task.data_dir": str(tmp_path)}), db=db)
+    assert Store(db).get_runs()[0]["status"] == "failed"
+
+
+def test_mnli_offline_cli_fails_with_one_line(tmp_path):
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "FORGETBENCH_CACHE": str(tmp_path / "cache"),
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "forgetbench",
+            "run",
+            "--task",
+            "mnli",
+            "--db",
+            str(tmp_path / "r.db"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "nyu-mll/multi_nli" in lines[0]
+    assert "task.data_dir" in lines[0]
