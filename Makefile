@@ -31,8 +31,9 @@ demo: setup
 	done
 	$(BIN)/forgetbench leaderboard --task wordnet
 
+# PostgreSQL (Debian's, on loopback) backs the store tests that must pass on both backends.
 test: setup
-	$(BIN)/pytest
+	FORGETBENCH_TEST_PG_URL="$$(scripts/postgres.sh)" && export FORGETBENCH_TEST_PG_URL && $(BIN)/pytest
 
 bench: setup
 	$(BIN)/python bench/bench_mixcd_sampler.py

@@ -211,6 +211,15 @@ class Method:
     def default_config(cls) -> Any:
         return cls.Config() if cls.Config is not None else None
 
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state that changes during training, for checkpoints (default: none).
+
+        State rebuilt deterministically in ``forgetbench_setup`` need not be saved."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` when a run resumes from a checkpoint."""
+
 
 @dataclass(frozen=True)
 class ModelBundle:

@@ -79,23 +79,32 @@ def run(
         str | None,
         typer.Option(help="a ready prior model (local dir or hub id) instead of stage 0"),
     ] = None,
+    resume: Annotated[
+        int | None,
+        typer.Option(
+            help="continue an unfinished run (from its last checkpoint); other"
+            " options are taken from the stored run"
+        ),
+    ] = None,
     db: DbOption = None,
 ):
     """Run one experiment and store its results."""
     from forgetbench.config import parse_set
     from forgetbench.runner import RunRequest, execute
+    from forgetbench.store import Store
 
     signal.signal(signal.SIGTERM, _interrupt)
-    request = RunRequest(
-        task=task,
-        methods=method or ["finetune"],
-        seed=seed,
-        steps=steps,
-        overrides=parse_set(set_ or []),
-        prior_model=prior_model,
-    )
-    run_id = execute(request, db=db)
-    from forgetbench.store import Store
+    request = None
+    if resume is None:
+        request = RunRequest(
+            task=task,
+            methods=method or ["finetune"],
+            seed=seed,
+            steps=steps,
+            overrides=parse_set(set_ or []),
+            prior_model=prior_model,
+        )
+    run_id = execute(request, db=db, resume=resume)
 
     _print_run(Store(db), run_id)
 
@@ -226,15 +235,45 @@ def show(
 @app.command()
 def runs(
     status: Annotated[str | None, typer.Option(help="only runs with this status")] = None,
+    stale: Annotated[
+        bool,
+        typer.Option(
+            "--stale", help="only runs marked running whose process is gone (crashed, killed)"
+        ),
+    ] = False,
+    mark_failed: Annotated[
+        bool,
+        typer.Option("--mark-failed", help="mark the stale runs failed (implies --stale)"),
+    ] = False,
+    max_age: Annotated[
+        float,
+        typer.Option(
+            "--max-age",
+            help="minutes without a heartbeat after which a run on another host is stale",
+        ),
+    ] = 30.0,
     db: DbOption = None,
 ):
-    """List stored runs (all statuses)."""
+    """List stored runs (all statuses), or the stale ones with --stale."""
+    from datetime import timedelta
+
     from forgetbench.store import Store
 
-    table = Table(title="runs")
-    for column in ("id", "task", "methods", "seed", "status", "started", "error"):
+    if max_age <= 0:
+        raise ForgetbenchError(f"--max-age must be > 0 minutes, got {max_age}")
+    if (stale or mark_failed) and status not in (None, "running"):
+        raise ForgetbenchError("stale runs are running runs: drop --status")
+    store = Store(db)
+    if stale or mark_failed:
+        rows = store.stale_runs(timedelta(minutes=max_age))
+        title = f"stale runs (process gone, or no heartbeat for {max_age:g} min)"
+    else:
+        rows = store.get_runs(status=status)
+        title = "runs"
+    table = Table(title=title)
+    for column in ("id", "task", "methods", "seed", "status", "started", "host", "error"):
         table.add_column(column, overflow="fold")
-    for run in Store(db).get_runs(status=status):
+    for run in rows:
         table.add_row(
             str(run["id"]),
             run["task"],
@@ -242,9 +281,15 @@ def runs(
             str(run["seed"]),
             run["status"],
             str(run["started_at"])[:19],
+            f"{run['hostname']}:{run['pid']}" if run["hostname"] else "",
             (run["error"] or "")[:80],
         )
     out.print(table)
+    if mark_failed:
+        marked = store.mark_stale_failed(timedelta(minutes=max_age))
+        ids = ", ".join(map(str, marked)) or "none"
+        noun = "run" if len(marked) == 1 else "runs"
+        out.print(f"marked {len(marked)} stale {noun} failed ({ids})")
 
 
 def main() -> None:

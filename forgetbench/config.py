@@ -7,6 +7,7 @@ converted to the field's type here, so a plugin's Config needs only plain type h
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -41,7 +42,12 @@ class TrainConfig:
         check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(math.isfinite(self.lr), f"lr must be finite, got {self.lr}")
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(
+            math.isfinite(self.weight_decay),
+            f"weight_decay must be finite, got {self.weight_decay}",
+        )
         check(
             0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"
         )
@@ -70,16 +76,17 @@ def parse_set(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
-        if not sep or not key:
+        if not sep or not key or not key.isprintable():
             raise ForgetbenchError(f"--set expects key=value, got {pair!r}")
         parsed[key] = value.strip()
     return parsed
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:
-    if not isinstance(value, str):
-        return value
     origin = typing.get_origin(hint)
+    if not isinstance(value, str):
+        # JSON round trips (stored configs) turn tuples into lists
+        return tuple(value) if origin is tuple and isinstance(value, list) else value
     if origin in (typing.Union, types.UnionType):
         options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         if value.lower() in ("none", "null", ""):

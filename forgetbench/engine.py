@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from forgetbench.api import Compute, PerSample, PriorPredictions, PriorSampler, RunContext, Split
 from forgetbench.cache import cached_dir
+from forgetbench.checkpoint import Checkpointer
 from forgetbench.config import TrainConfig
 
 log = logging.getLogger("forgetbench")
@@ -207,6 +208,18 @@ class BatchStream:
         self.order: np.ndarray = rng.permutation(size)
         self.position = 0
 
+    def state_dict(self) -> dict:
+        return {
+            "order": self.order.tolist(),
+            "position": self.position,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order = np.asarray(state["order"], dtype=np.int64)
+        self.position = int(state["position"])
+        self.rng.bit_generator.state = state["rng"]
+
     def take(self, n: int) -> np.ndarray:
         taken = []
         while n > 0:
@@ -231,12 +244,15 @@ def train_loop(
     prior_split: Split | None = None,
     needs_features: bool = False,
     label: str = "training",
+    checkpointer: Checkpointer | None = None,
 ) -> tuple[torch.nn.Module, list[tuple[str, int, float]]]:
     """Fine-tune ``model`` on ``train_split`` for ``ctx.train.steps`` steps.
 
     Each batch has ``batch_size`` slots; a prior sampler, when given, fills
     ``sampler.count(batch_size)`` of them with prior-train examples. The loss is the mean of
     per-sample losses times the methods' weights (multiplied) plus their regularisers (summed).
+    With a ``checkpointer``, the loop saves its complete state every ``checkpointer.every``
+    steps and, when a checkpoint exists, continues from it exactly where it stopped.
     Returns the trained (unwrapped) model and the loss curve.
     """
     train = ctx.train
@@ -248,8 +264,18 @@ def train_loop(
     sample_rng = ctx.generator("prior-sampler")
     curve: list[tuple[str, int, float]] = []
     parameters = [p for p in model.parameters() if p.requires_grad]
+    done = 0
+    if checkpointer is not None and checkpointer.exists():
+        done, loop = checkpointer.restore(accelerator.unwrap_model(model), optimizer, scheduler)
+        stream.load_state_dict(loop["stream"])
+        sample_rng.bit_generator.state = loop["sample_rng"]
+        if sampler is not None:
+            sampler.load_state_dict(loop["sampler"])
+        curve = [tuple(point) for point in loop["curve"]]
+        ctx.logger.warning("resuming %s from its checkpoint at step %d", label, done)
     with progress(label, train.steps) as advance:
-        for step in range(1, train.steps + 1):
+        advance(done)
+        for step in range(done + 1, train.steps + 1):
             n_prior = sampler.count(train.batch_size) if sampler is not None else 0
             new_index = stream.take(train.batch_size - n_prior)
             examples = [train_split[int(i)] for i in new_index]
@@ -276,6 +302,14 @@ def train_loop(
                     ctx=ctx, step=step, model=model, batch=batch, per_sample=outputs.detach_cpu()
                 )
             curve.append(("train/loss", step, float(loss.detach())))
+            if checkpointer is not None and checkpointer.due(step, train.steps):
+                loop = {
+                    "stream": stream.state_dict(),
+                    "sample_rng": sample_rng.bit_generator.state,
+                    "sampler": sampler.state_dict() if sampler is not None else {},
+                    "curve": curve,
+                }
+                checkpointer.save(step, accelerator.unwrap_model(model), optimizer, scheduler, loop)
             advance()
     return accelerator.unwrap_model(model), curve
 

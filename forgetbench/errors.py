@@ -12,9 +12,9 @@ class ForgetbenchError(Exception):
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """Return ' (did you mean X?)' for the closest choice, or a list of choices."""
+    """Return ' (did you mean X?)' for the closest choice, else the list of all choices."""
     choices = sorted(choices)
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     if close:
         return f" (did you mean {close[0]!r}?)"
-    return f" (choose from: {', '.join(choices)})" if choices else ""
+    return f" (did you mean one of: {', '.join(choices)}?)" if choices else ""

@@ -28,6 +28,7 @@ from forgetbench.api import (
     TaskData,
 )
 from forgetbench.cache import cache_root, hash_json
+from forgetbench.checkpoint import Checkpointer, checkpoint_dir
 from forgetbench.config import TrainConfig, build_config, config_dict, split_overrides
 from forgetbench.errors import ForgetbenchError
 from forgetbench.registry import Registry, get_registry, run_plugin_manager
@@ -56,8 +57,24 @@ class RunRequest:
     methods: list[str] = field(default_factory=lambda: ["finetune"])
     seed: int = 0
     steps: int | None = None
-    overrides: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
     prior_model: str | None = None
+
+
+def request_from_run(run: dict) -> RunRequest:
+    """Rebuild the request of a stored run from its config (for ``--resume``)."""
+    config = run["config"]
+    overrides = {f"train.{k}": v for k, v in config["train"].items()}
+    overrides.update({f"task.{k}": v for k, v in config["task_config"].items()})
+    for method in config["methods"]:
+        overrides.update({f"{method['name']}.{k}": v for k, v in method["config"].items()})
+    return RunRequest(
+        task=config["task"],
+        methods=[m["name"] for m in config["methods"]],
+        seed=run["seed"],
+        overrides=overrides,
+        prior_model=config["prior_model"],
+    )
 
 
 @dataclass
@@ -222,24 +239,54 @@ def _chain(hook_caller, **kwargs):
     return kwargs["model"]
 
 
-def execute(request: RunRequest, db: str | None = None, registry: Registry | None = None) -> int:
+def execute(
+    request: RunRequest | None,
+    db: str | None = None,
+    registry: Registry | None = None,
+    resume: int | None = None,
+) -> int:
     """Run one experiment and store it; returns the run id. Raises on failure after marking
-    the run row ``failed`` (or ``interrupted``)."""
-    resolved = resolve(request, registry)
-    store = Store(db)
+    the run row ``failed`` (or ``interrupted``).
+
+    ``resume`` continues a stored run that did not finish (its row is reused and ``request``
+    is ignored): from its last checkpoint when there is one, else from the start. A run whose
+    (config, seed) has a checkpoint left by an interrupted run resumes from it automatically.
+    """
+    if resume is not None:
+        store = Store(db)
+        previous = store.get_run(resume)
+        if previous is None:
+            raise ForgetbenchError(f"no run with id {resume} in {store.url}")
+        if previous["status"] == "ok":
+            raise ForgetbenchError(f"run {resume} already finished (status ok)")
+        request = request_from_run(previous)
+    if request is None:
+        raise ForgetbenchError("nothing to run: give a request or a run to resume")
+    resolved = resolve(request, registry)  # bad input fails before anything is stored
+    if resume is None:
+        store = Store(db)
     task, methods = resolved.task, resolved.methods
-    run_id = store.start_run(
-        task=task.metadata.name,
-        task_version=task.metadata.version,
-        methods=method_label(methods),
-        config=resolved.config,
-        config_hash=resolved.config_hash,
-        seed=request.seed,
-        model=request.prior_model or "stage-0",
-        data_fingerprints={},
-        versions=package_versions(resolved.providers),
-        git_sha=git_sha(),
-    )
+    if resume is not None:
+        if resolved.config_hash != previous["config_hash"]:
+            raise ForgetbenchError(
+                f"run {resume}'s stored config no longer resolves to the"
+                " same config (a plugin changed); start a new run instead"
+            )
+        run_id = resume
+        store.reopen_run(run_id, versions=package_versions(resolved.providers), git_sha=git_sha())
+    else:
+        run_id = store.start_run(
+            task=task.metadata.name,
+            task_version=task.metadata.version,
+            methods=method_label(methods),
+            config=resolved.config,
+            config_hash=resolved.config_hash,
+            seed=request.seed,
+            model=request.prior_model or "stage-0",
+            data_fingerprints={},
+            versions=package_versions(resolved.providers),
+            git_sha=git_sha(),
+        )
     try:
         _run(request, resolved, store, run_id)
     except KeyboardInterrupt:
@@ -323,6 +370,16 @@ def _run(request: RunRequest, resolved: ResolvedRun, store: Store, run_id: int) 
     model = hooks.forgetbench_wrap_model(ctx=ctx, model=model) or model
     sampler = hooks.forgetbench_prior_sampler(ctx=ctx, data=data)
     memo.setdefault("frozen", True)
+    checkpointer = Checkpointer(
+        checkpoint_dir(resolved.config_hash, request.seed),
+        train.checkpoint_every,
+        extra_state=lambda: {
+            "methods": {m.name: m.state_dict() for m in methods},
+            "compute": compute.as_dict(),
+        },
+        load_extra_state=lambda state: _load_extra_state(state, methods, compute),
+        on_save=lambda step: store.heartbeat(run_id),
+    )
     engine.seed_everything(request.seed)
     model, curve = engine.train_loop(
         task,
@@ -336,6 +393,7 @@ def _run(request: RunRequest, resolved: ResolvedRun, store: Store, run_id: int) 
         prior_split=data.prior_train,
         needs_features=any(m.needs_features for m in methods),
         label="fine-tuning",
+        checkpointer=checkpointer,
     )
     model = _chain(
         hooks.forgetbench_finalize,
@@ -351,3 +409,11 @@ def _run(request: RunRequest, resolved: ResolvedRun, store: Store, run_id: int) 
             curve += list(extra.get("series", []))
     compute.wall_seconds = engine.elapsed(started)
     store.finish_run(run_id, results, curve, compute.as_dict())
+    checkpointer.clear()
+
+
+def _load_extra_state(state: dict, methods: list[Method], compute: Compute) -> None:
+    for method in methods:
+        method.load_state_dict(state["methods"].get(method.name, {}))
+    for key, value in state["compute"].items():
+        setattr(compute, key, value)

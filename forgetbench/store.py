@@ -7,12 +7,15 @@ recorded in ``forgetbench_migrations`` and applied one transaction each.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
-from collections.abc import Callable, Iterable
+import sqlite3
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,10 @@ from forgetbench.errors import ForgetbenchError
 DB_ENV = "FORGETBENCH_DB"
 DEFAULT_DB = "results.db"
 STATUSES = ("running", "ok", "failed", "interrupted")
+STALE_ERROR = "stale: process gone"
+STALE_AFTER = timedelta(minutes=30)
+# Any constant works: it only has to be the same in every process migrating one database.
+PG_MIGRATION_LOCK = 0x666F7267
 
 metadata = sa.MetaData()
 
@@ -111,6 +118,48 @@ def resolve_url(db: str | None) -> str:
     return value if "://" in value else f"sqlite:///{Path(value).expanduser()}"
 
 
+def _sqlite_tables(path: str) -> set[str]:
+    """Table names of an existing SQLite file, read without writing to it.
+
+    The engine's connections switch a file to WAL mode, which rewrites its header; a file that
+    turns out not to be ours must be left exactly as it was, so it is inspected read-only first.
+    """
+    uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+            rows = connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+            return {row[0] for row in rows}
+    except sqlite3.DatabaseError as error:
+        raise ForgetbenchError(
+            f"{path} is not a usable SQLite database ({error}); refusing to touch it"
+        ) from None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _is_stale(run: dict, hostname: str, cutoff: datetime) -> bool:
+    """On this host a run is stale when its process is gone; elsewhere (or without a pid) when
+    its last heartbeat is older than ``cutoff``."""
+    if run["hostname"] == hostname and run["pid"]:
+        return not _process_alive(run["pid"])
+    return _as_utc(run["heartbeat_at"] or run["started_at"]) < cutoff
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers run beside one writer; the busy timeout makes writers queue, not fail.
@@ -135,22 +184,48 @@ class Store:
             return engine
         return sa.create_engine(self.url, pool_pre_ping=True)
 
-    def _migrate(self) -> None:
+    def _existing_tables(self) -> set[str]:
+        url = sa.engine.make_url(self.url)
+        if url.get_backend_name() == "sqlite":
+            path = url.database
+            if not path or path == ":memory:" or not Path(path).exists():
+                return set()
+            return _sqlite_tables(path)
         try:
-            tables = set(sa.inspect(self.engine).get_table_names())
+            return set(sa.inspect(self.engine).get_table_names())
         except sa.exc.DatabaseError as error:
             raise ForgetbenchError(
                 f"{self.url} is not a usable database ({error.orig}); refusing to touch it"
             ) from None
+
+    @contextlib.contextmanager
+    def _migration_transaction(self) -> Iterator[Connection]:
+        """A transaction holding the database's migration lock.
+
+        Several processes may open a fresh store at once (parallel seeds); the lock makes each
+        wait while another creates tables, so every migration runs exactly once.
+        """
+        with self.engine.begin() as connection:
+            backend = connection.dialect.name
+            if backend == "sqlite":
+                # Take the write lock now: a deferred transaction that reads and then writes
+                # fails at once with "database is locked" when another writer got in between.
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            elif backend == "postgresql":
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(PG_MIGRATION_LOCK)))
+            yield connection
+
+    def _migrate(self) -> None:
+        tables = self._existing_tables()
         if tables and migrations_table.name not in tables:
             raise ForgetbenchError(
                 f"{self.url} holds tables that forgetbench did not create"
                 f" ({', '.join(sorted(tables)[:5])}); refusing to write to it"
             )
-        with self.engine.begin() as connection:
+        with self._migration_transaction() as connection:
             metadata.create_all(connection, tables=[migrations_table])
         for name, migrate in MIGRATIONS:
-            with self.engine.begin() as connection:
+            with self._migration_transaction() as connection:
                 done = connection.execute(
                     sa.select(migrations_table.c.name).where(migrations_table.c.name == name)
                 ).first()
@@ -182,6 +257,20 @@ class Store:
     def update_run(self, run_id: int, **fields: Any) -> None:
         with self.engine.begin() as connection:
             connection.execute(runs.update().where(runs.c.id == run_id).values(**fields))
+
+    def reopen_run(self, run_id: int, **fields: Any) -> None:
+        """Mark an unfinished run ``running`` again (resume), in this process."""
+        values = {
+            "status": "running",
+            "error": None,
+            "finished_at": None,
+            "heartbeat_at": now(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            **fields,
+        }
+        with self.engine.begin() as connection:
+            connection.execute(runs.update().where(runs.c.id == run_id).values(**values))
 
     def heartbeat(self, run_id: int) -> None:
         with self.engine.begin() as connection:
@@ -229,7 +318,35 @@ class Store:
                 .values(status=status, error=error[:4000], finished_at=now())
             )
 
+    def mark_stale_failed(self, max_age: timedelta = STALE_AFTER) -> list[int]:
+        """Mark the :meth:`stale_runs` failed with error ``stale: process gone``.
+
+        Returns the ids marked; a run that finished meanwhile keeps its status.
+        """
+        stale = self.stale_runs(max_age)
+        marked = []
+        with self.engine.begin() as connection:
+            for run in stale:
+                result = connection.execute(
+                    runs.update()
+                    .where(runs.c.id == run["id"], runs.c.status == "running")
+                    .values(status="failed", error=STALE_ERROR, finished_at=now())
+                )
+                if result.rowcount:
+                    marked.append(run["id"])
+        return marked
+
     # -- reading ----------------------------------------------------------------------------
+
+    def stale_runs(self, max_age: timedelta = STALE_AFTER) -> list[dict]:
+        """Runs still ``running`` whose process is gone.
+
+        On this host: the recorded pid is no longer alive. On another host (where pids cannot
+        be checked): no heartbeat for ``max_age``.
+        """
+        hostname = socket.gethostname()
+        cutoff = now() - max_age
+        return [run for run in self.get_runs(status="running") if _is_stale(run, hostname, cutoff)]
 
     def get_runs(self, status: str | None = None, task: str | None = None) -> list[dict]:
         query = sa.select(runs).order_by(runs.c.id)

@@ -312,6 +312,13 @@ class MixCD(Method):
                 )
                 self.series.append((f"mixcd/alpha/{label}", step, float(rate)))
 
+    def state_dict(self) -> dict:
+        return {"monitor": self.monitor.state_dict(), "series": self.series}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.monitor.load_state_dict(state["monitor"])
+        self.series = [tuple(point) for point in state["series"]]
+
     @hookimpl
     def forgetbench_diagnostics(self):
         if self.monitor is None:

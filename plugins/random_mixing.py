@@ -55,6 +55,13 @@ class RandomMixing(Method):
     def forgetbench_after_step(self, batch, per_sample):
         self.monitor.observe(batch, per_sample)
 
+    def state_dict(self) -> dict:
+        return {"monitor": self.monitor.state_dict()} if self.monitor else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.monitor.load_state_dict(state["monitor"])
+
     @hookimpl
     def forgetbench_diagnostics(self):
         return {"metrics": self.monitor.metrics()} if self.monitor else None

@@ -1,8 +1,15 @@
 """Shared fixtures: every test gets its own cache dir and results database."""
 
+import os
+import uuid
+from collections.abc import Iterator
+
 import pytest
+import sqlalchemy as sa
 
 from forgetbench.testing import registry_with
+
+PG_URL_ENV = "FORGETBENCH_TEST_PG_URL"
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +32,41 @@ def db(tmp_path):
 def tiny_registry():
     """Installed methods and tasks plus the in-code ``tiny`` task."""
     return registry_with()
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search path is a fresh schema of its own, dropped afterwards.
+
+    Needs ``$FORGETBENCH_TEST_PG_URL`` (``scripts/postgres.sh`` prints one). Without it the test
+    is skipped, except under CI, where a missing server must fail the run rather than hide it.
+    """
+    base = os.environ.get(PG_URL_ENV)
+    if not base:
+        message = f"{PG_URL_ENV} is not set: start a server with scripts/postgres.sh"
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = sa.engine.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, db) -> str:
+    """A fresh results database on each backend: a SQLite path, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return db
+    return request.getfixturevalue("pg_url")

@@ -1,0 +1,145 @@
+"""A run that fails keeps its row, marked ``failed`` (or ``interrupted``) with the reason, and
+never reaches the leaderboard: exceptions, Ctrl-C, and SIGTERM from a scheduler."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from forgetbench.api import Method
+from forgetbench.hookspecs import hookimpl
+from forgetbench.report import leaderboard
+from forgetbench.runner import RunRequest, execute
+from forgetbench.store import Store
+from forgetbench.testing import registry_with
+
+# A small tiny task: no stage-0 training, a few steps.
+SMALL = {
+    "task.stage0_steps": "0",
+    "task.prior_train_size": "32",
+    "task.prior_eval_size": "16",
+    "task.new_train_size": "32",
+    "task.new_eval_size": "16",
+}
+
+
+class SetupFails(Method):
+    name = "setup-fails"
+    description = "raises in setup"
+
+    @hookimpl
+    def forgetbench_setup(self, ctx):
+        raise RuntimeError("setup exploded on purpose")
+
+
+class CtrlC(Method):
+    name = "ctrl-c"
+    description = "the user presses Ctrl-C during training"
+
+    @hookimpl
+    def forgetbench_after_step(self, step):
+        raise KeyboardInterrupt
+
+
+def tiny_request(methods: list[str]) -> RunRequest:
+    return RunRequest(task="tiny", methods=methods, seed=0, steps=2, overrides=dict(SMALL))
+
+
+def test_exception_marks_the_run_failed_and_keeps_it_off_the_leaderboard(db):
+    registry = registry_with(SetupFails)
+    finished = execute(tiny_request(["finetune"]), db=db, registry=registry)
+    with pytest.raises(RuntimeError, match="setup exploded on purpose"):
+        execute(tiny_request(["setup-fails"]), db=db, registry=registry)
+    store = Store(db)
+    (failed,) = store.get_runs(status="failed")
+    assert failed["error"] == "RuntimeError: setup exploded on purpose"
+    assert failed["methods"] == "setup-fails"
+    assert failed["finished_at"] is not None
+    assert store.get_metrics([failed["id"]])[failed["id"]] == {}
+    rows = leaderboard(store)
+    assert [row.methods for row in rows] == ["finetune"]
+    assert [run["id"] for run in store.get_runs(status="ok")] == [finished]
+
+
+def test_keyboard_interrupt_marks_the_run_interrupted(db):
+    with pytest.raises(KeyboardInterrupt):
+        execute(tiny_request(["ctrl-c"]), db=db, registry=registry_with(CtrlC))
+    (run,) = Store(db).get_runs()
+    assert run["status"] == "interrupted"
+    assert "interrupted" in run["error"]
+    assert leaderboard(Store(db)) == []
+
+
+SLOW_RUN = """
+import signal
+import sys
+import time
+from pathlib import Path
+
+import forgetbench.cli
+from forgetbench.api import Method
+from forgetbench.hookspecs import hookimpl
+from forgetbench.runner import RunRequest, execute
+from forgetbench.testing import registry_with
+
+db, training = sys.argv[1], Path(sys.argv[2])
+
+
+class SlowSteps(Method):
+    name = "slow-steps"
+
+    @hookimpl
+    def forgetbench_after_step(self, step):
+        training.touch()
+        time.sleep(0.5)
+
+
+signal.signal(signal.SIGTERM, forgetbench.cli._interrupt)
+overrides = dict(arg.split("=", 1) for arg in sys.argv[3:])
+request = RunRequest(task="tiny", methods=["slow-steps"], steps=10_000, overrides=overrides)
+execute(request, db=db, registry=registry_with(SlowSteps))
+"""
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the run exited early: {process.communicate()[1][-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("timed out waiting for the run")
+        time.sleep(0.05)
+
+
+def test_sigterm_marks_the_run_interrupted(db, tmp_path):
+    training = tmp_path / "training"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SLOW_RUN,
+            db,
+            str(training),
+            *(f"{k}={v}" for k, v in SMALL.items()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: Path(db).exists() and Store(db).get_runs(status="running"), process)
+        wait_for(training.exists, process)
+        process.send_signal(signal.SIGTERM)
+        _stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0
+    assert "KeyboardInterrupt" in stderr
+    (run,) = Store(db).get_runs()
+    assert run["status"] == "interrupted"
+    assert run["error"] == "interrupted (SIGINT/SIGTERM)"

@@ -1,0 +1,105 @@
+"""Third-party plugins found through entry points: a broken one is reported and skipped, a
+duplicate name is reported, and ``FORGETBENCH_DISABLE_PLUGINS`` skips one by name.
+
+The distributions are built on disk for the test (a ``*.dist-info`` folder with
+``entry_points.txt`` next to its module), so nothing depends on what happens to be installed.
+"""
+
+import importlib
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from forgetbench.registry import DISABLE_ENV, get_registry
+
+GOOD_PLUGIN = """
+from forgetbench.api import Method
+from forgetbench.hookspecs import hookimpl
+
+
+class PluginTestMethod(Method):
+    name = "plugin-test-method"
+    description = "registered by a test distribution"
+
+
+@hookimpl
+def forgetbench_register_methods(register):
+    register(PluginTestMethod)
+"""
+
+DUPLICATE_PLUGIN = GOOD_PLUGIN.replace("plugin-test-method", "plugin-test-duplicate")
+BROKEN_PLUGIN = 'raise RuntimeError("boom at import")\n'
+MODULES = ("fb_test_good", "fb_test_broken", "fb_test_duplicate")
+
+
+def add_distribution(folder: Path, dist: str, entry_name: str, module: str, source: str) -> None:
+    """A minimal installed distribution: metadata, one ``forgetbench`` entry point, a module."""
+    info = folder / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[forgetbench]\n{entry_name} = {module}\n")
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def test_distributions(tmp_path, monkeypatch) -> Iterator[None]:
+    """A good, a broken and (later on sys.path) a duplicate-named plugin distribution."""
+    later = tmp_path / "later"
+    add_distribution(
+        later, "fb-test-duplicate-dist", "fb-test-good", "fb_test_duplicate", DUPLICATE_PLUGIN
+    )
+    first = tmp_path / "first"
+    add_distribution(first, "fb-test-good-dist", "fb-test-good", "fb_test_good", GOOD_PLUGIN)
+    add_distribution(
+        first, "fb-test-broken-dist", "fb-test-broken", "fb_test_broken", BROKEN_PLUGIN
+    )
+    monkeypatch.syspath_prepend(str(later))
+    monkeypatch.syspath_prepend(str(first))  # prepended last, so searched first
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        for module in MODULES:
+            sys.modules.pop(module, None)
+        importlib.invalidate_caches()
+        get_registry(reload=True)
+
+
+@pytest.mark.usefixtures("test_distributions")
+def test_broken_plugin_is_reported_and_the_others_load():
+    registry = get_registry(reload=True)
+    assert registry.methods["plugin-test-method"].provider == "fb-test-good-dist"
+    assert "finetune" in registry.methods  # the installed plugins still load
+    broken = [p for p in registry.problems if "fb-test-broken" in p]
+    assert broken == [
+        "plugin 'fb-test-broken' from fb-test-broken-dist failed to load: boom at import"
+    ]
+
+
+@pytest.mark.usefixtures("test_distributions")
+def test_duplicate_entry_point_name_is_reported():
+    registry = get_registry(reload=True)
+    assert (
+        "duplicate plugin name 'fb-test-good': fb-test-good-dist and fb-test-duplicate-dist"
+        " (the second was not loaded)"
+    ) in registry.problems
+    assert "plugin-test-duplicate" not in registry.methods
+
+
+@pytest.mark.usefixtures("test_distributions")
+def test_disabled_plugins_are_skipped(monkeypatch):
+    monkeypatch.setenv(DISABLE_ENV, "fb-test-broken, fb-test-good")
+    registry = get_registry(reload=True)
+    assert not [p for p in registry.problems if "fb-test" in p]
+    assert "plugin-test-method" not in registry.methods
+    assert "plugin-test-duplicate" not in registry.methods
+    assert "fb_test_broken" not in sys.modules
+
+
+def test_registry_is_back_to_the_installed_plugins():
+    registry = get_registry(reload=True)
+    assert not [name for name in registry.methods if name.startswith("plugin-test")]
+    assert not [p for p in registry.problems if "fb-test" in p]
