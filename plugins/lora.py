@@ -1,1 +1,114 @@
-"""Placeholder until the method lands; registers nothing."""
+"""``lora``: train low-rank adapters (peft) instead of the prior model's weights.
+
+Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022 (arXiv:2106.09685).
+The prior model's weights stay frozen; rank-``r`` adapters ``B A`` (scaled by ``lora_alpha / r``)
+are added to the target modules, and the new task's fresh head trains in full.
+
+Defaults:
+- ``r=8`` and, for BERT-family encoders, adapters on the attention ``query`` and ``value``
+  projections: the paper's RoBERTa/DeBERTa GLUE setting (W_q and W_v, r=8). Other model types
+  get peft's own per-architecture table (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``,
+  which also says query/value for BERT); ``--set lora.target_modules=a,b`` overrides both.
+- ``lora_alpha = 2r``: the design's choice (a common rule of thumb, not from the paper, which
+  sets alpha to the first r it tries and leaves it there).
+- ``dropout=0.1`` on the adapter input: the design's choice (peft's default is 0; the paper's
+  appendix lists dropout 0.1 for its GPT-2 runs without tying it to the adapters).
+- ``merge=true``: after training the adapters are merged into the weights
+  (``merge_and_unload``) so the run ends with a plain model, which ``wise-ft`` needs. This
+  finalizer runs first (``tryfirst``) for that reason.
+
+peft injects the adapters into the model in place; ``EncoderClassifier``'s ``encoder``,
+``heads`` and ``pooling`` stay reachable through the wrapper, so the task's ``forward`` is
+unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from forgetbench.api import Method
+from forgetbench.config import check
+from forgetbench.errors import ForgetbenchError
+from forgetbench.hookspecs import hookimpl
+
+
+@dataclass
+class LoraMethodConfig:
+    r: int = field(default=8, metadata={"help": "adapter rank"})
+    lora_alpha: int | None = field(
+        default=None, metadata={"help": "adapter scale numerator (None: 2r)"}
+    )
+    dropout: float = field(default=0.1, metadata={"help": "dropout on the adapter input"})
+    target_modules: tuple[str, ...] | None = field(
+        default=None,
+        metadata={"help": "module name suffixes to adapt (None: per model type)"},
+    )
+    merge: bool = field(
+        default=True, metadata={"help": "merge the adapters into the weights after training"}
+    )
+
+    def __post_init__(self):
+        check(self.r >= 1, f"r must be >= 1, got {self.r}")
+        check(
+            self.lora_alpha is None or self.lora_alpha > 0,
+            f"lora_alpha must be > 0, got {self.lora_alpha}",
+        )
+        check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        if self.target_modules is not None:
+            self.target_modules = tuple(self.target_modules)
+            check(len(self.target_modules) > 0, "target_modules must name at least one module")
+
+
+def default_target_modules(model) -> list[str]:
+    """Adapter targets for the model's encoder type, from peft's per-architecture table."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
+
+    encoder_config = getattr(getattr(model, "encoder", None), "config", None)
+    model_type = getattr(encoder_config, "model_type", None)
+    if model_type in TARGETS:
+        return list(TARGETS[model_type])
+    if model_type and "bert" in model_type:  # BERT derivatives peft does not list
+        return ["query", "value"]
+    raise ForgetbenchError(
+        f"lora: no default target modules for model type {model_type!r};"
+        " name them with --set lora.target_modules=NAME,NAME"
+    )
+
+
+class Lora(Method):
+    name = "lora"
+    description = "LoRA adapters (peft) on the prior model; the new head trains in full"
+    Config = LoraMethodConfig
+
+    @hookimpl
+    def forgetbench_wrap_model(self, ctx, model):
+        from peft import LoraConfig, get_peft_model
+
+        config = self.config
+        targets = list(config.target_modules or default_target_modules(model))
+        peft_config = LoraConfig(
+            r=config.r,
+            lora_alpha=config.lora_alpha or 2 * config.r,
+            lora_dropout=config.dropout,
+            target_modules=targets,
+        )
+        try:
+            wrapped = get_peft_model(model, peft_config)
+        except ValueError as error:  # peft's "Target modules ... not found in the base model"
+            raise ForgetbenchError(f"lora: {error}") from None
+        # peft freezes everything but the adapters; the fresh head has nothing to start from.
+        for name, weight in model.named_parameters():
+            if name in ctx.new_param_names:
+                weight.requires_grad_(True)
+        return wrapped
+
+    @hookimpl(tryfirst=True)
+    def forgetbench_finalize(self, model):
+        if not self.config.merge:
+            return None
+        return model.merge_and_unload()
+
+
+@hookimpl
+def forgetbench_register_methods(register):
+    register(Lora)
