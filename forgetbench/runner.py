@@ -367,9 +367,10 @@ def _run(request: RunRequest, resolved: ResolvedRun, store: Store, run_id: int) 
     )
     before = _evaluate(task, model, data, ctx)
     hooks.forgetbench_setup(ctx=ctx, model=model, data=data)
-    model = hooks.forgetbench_wrap_model(ctx=ctx, model=model) or model
+    # The sampler comes before any wrapper: the prior cache must see f0 unchanged.
     sampler = hooks.forgetbench_prior_sampler(ctx=ctx, data=data)
     memo.setdefault("frozen", True)
+    model = hooks.forgetbench_wrap_model(ctx=ctx, model=model) or model
     checkpointer = Checkpointer(
         checkpoint_dir(resolved.config_hash, request.seed),
         train.checkpoint_every,

@@ -8,6 +8,7 @@ authors can use it to test a method end to end through the real engine and store
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,9 @@ class TinyConfig:
         check(self.stage0_steps >= 0, "stage0_steps must be >= 0")
 
 
+_STAGE0: dict[str, EncoderClassifier] = {}
+
+
 class TinyTextTask(ClassificationTask):
     """A mock text-classification scenario (tiny BERT, token ids, planted rules)."""
 
@@ -126,23 +130,25 @@ class TinyTextTask(ClassificationTask):
         )
 
     def prepare_prior(self, ctx: RunContext, data: TaskData, prior_model) -> ModelBundle:
-        model = EncoderClassifier(
-            tiny_encoder(self.config.hidden), {"prior": self.config.prior_classes}
-        )
-        if self.stage0.steps:
-            stage_ctx = dataclasses.replace(ctx, seed=0, train=self.stage0, compute=Compute())
-            accelerator = engine.make_accelerator(self.stage0)
-            model, _ = engine.train_loop(
-                self,
-                model.to(accelerator.device),
-                None,
-                data.prior_train,
-                stage_ctx,
-                accelerator,
-                label="stage 0",
-            )
         identity = hash_json({"tiny": config_dict(self.config)})
-        return ModelBundle(model, None, identity, "tiny")
+        if identity not in _STAGE0:  # stage 0 is deterministic: train it once per process
+            model = EncoderClassifier(
+                tiny_encoder(self.config.hidden), {"prior": self.config.prior_classes}
+            )
+            if self.stage0.steps:
+                stage_ctx = dataclasses.replace(ctx, seed=0, train=self.stage0, compute=Compute())
+                accelerator = engine.make_accelerator(self.stage0)
+                model, _ = engine.train_loop(
+                    self,
+                    model.to(accelerator.device),
+                    None,
+                    data.prior_train,
+                    stage_ctx,
+                    accelerator,
+                    label="stage 0",
+                )
+            _STAGE0[identity] = model.cpu()
+        return ModelBundle(copy.deepcopy(_STAGE0[identity]), None, identity, "tiny")
 
     def collate(self, examples: Sequence[dict[str, Any]], tokenizer) -> dict:
         width = max(len(e["tokens"]) for e in examples)
