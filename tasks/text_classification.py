@@ -405,9 +405,9 @@ class WordnetTask(ClassificationTask):
     Config = WordnetConfig
     # Budget chosen so plain fine-tuning forgets clearly (README, "offline scenario").
     train_defaults: ClassVar[dict[str, Any]] = {
-        "steps": 200,
+        "steps": 100,
         "batch_size": 32,
-        "lr": 5e-5,
+        "lr": 1e-4,
         "max_length": 48,
     }
 
