@@ -1,0 +1,55 @@
+"""The content-addressed cache: entries are verified by hash, rebuilt when corrupt, and never
+left half-written."""
+
+import json
+
+import pytest
+
+from forgetbench.cache import MANIFEST, cache_root, cached_dir, manifest
+
+
+def build_counting(calls):
+    def build(directory):
+        calls.append(directory)
+        (directory / "weights.bin").write_bytes(b"\x00\x01" * 100)
+        return {"note": "built"}
+
+    return build
+
+
+def test_entry_is_built_once_then_reused():
+    calls = []
+    first = cached_dir("things", "k1", build_counting(calls))
+    second = cached_dir("things", "k1", build_counting(calls))
+    assert first == second == cache_root() / "things" / "k1"
+    assert len(calls) == 1
+    assert manifest(first)["note"] == "built"
+
+
+def test_corrupt_entry_is_detected_by_hash_and_rebuilt():
+    calls = []
+    entry = cached_dir("things", "k2", build_counting(calls))
+    (entry / "weights.bin").write_bytes(b"garbage")
+    again = cached_dir("things", "k2", build_counting(calls))
+    assert len(calls) == 2
+    assert (again / "weights.bin").read_bytes() == b"\x00\x01" * 100
+
+
+def test_entry_with_broken_manifest_is_rebuilt():
+    calls = []
+    entry = cached_dir("things", "k3", build_counting(calls))
+    (entry / MANIFEST).write_text("{not json")
+    cached_dir("things", "k3", build_counting(calls))
+    assert len(calls) == 2
+    assert json.loads((entry / MANIFEST).read_text())["key"] == "k3"
+
+
+def test_failed_build_leaves_no_entry():
+    def broken(directory):
+        (directory / "half.bin").write_bytes(b"x")
+        raise RuntimeError("crash mid-build")
+
+    with pytest.raises(RuntimeError, match="crash mid-build"):
+        cached_dir("things", "k4", broken)
+    assert not (cache_root() / "things" / "k4").exists()
+    assert list((cache_root() / "things").iterdir()) == []
