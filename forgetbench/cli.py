@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import logging
-import math
 import signal
 import sys
 from typing import Annotated
@@ -118,7 +117,7 @@ def leaderboard(
     db: DbOption = None,
 ):
     """Aggregate finished runs over seeds (mean ± std); * marks the Pareto front."""
-    from forgetbench.report import COLUMNS, as_records
+    from forgetbench.report import COLUMNS, as_records, cell
     from forgetbench.report import leaderboard as build
     from forgetbench.store import Store
 
@@ -140,14 +139,12 @@ def leaderboard(
         writer.writerows(records)
         print(buffer.getvalue(), end="")
         return
-    headers = ["task", "methods", "seeds", *[label for _, label, _ in COLUMNS], "rehearsal prec."]
-    lines = []
-    for row in rows:
-        cells = [row.task, row.methods + (" *" if row.pareto else ""), str(len(row.seeds))]
-        for key in [c[0] for c in COLUMNS] + ["rehearsal_precision"]:
-            mean = row.mean(key)
-            cells.append("-" if math.isnan(mean) else f"{mean:.4f} ± {row.std(key):.4f}")
-        lines.append(cells)
+    headers = ["task", "methods", "seeds", *[header for _, header, _ in COLUMNS]]
+    lines = [
+        [row.task, row.methods + (" *" if row.pareto else ""), str(len(row.seeds))]
+        + [cell(row, key, decimals) for key, _, decimals in COLUMNS]
+        for row in rows
+    ]
     if format_ == "markdown":
         print("| " + " | ".join(headers) + " |")
         print("|" + "---|" * len(headers))

@@ -8,12 +8,17 @@ from dataclasses import dataclass, field
 
 from forgetbench.store import Store
 
+# (key, header, decimals): metrics show mean ± std, compute (decimals 0) its mean
 COLUMNS = (
-    ("prior_after", "prior/after", True),
-    ("forgetting", "forgetting", False),
-    ("new_after", "new/after", True),
-    ("cd_rate", "CD rate", False),
+    ("prior_after", "prior/after", 4),
+    ("forgetting", "forgetting", 4),
+    ("new_after", "new/after", 4),
+    ("cd_rate", "CD rate", 4),
+    ("rehearsal_precision", "rehearsal prec.", 4),
+    ("extra_inference", "extra inference", 0),
+    ("wall_seconds", "wall s", 0),
 )
+COMPUTE = ("extra_inference", "wall_seconds")
 
 
 @dataclass
@@ -66,6 +71,9 @@ def leaderboard(store: Store, task: str | None = None) -> list[Row]:
         for column, name in picks.items():
             if name in run_metrics:
                 row.values[column].append(run_metrics[name])
+        for column in COMPUTE:
+            if column in (run["compute"] or {}):
+                row.values[column].append(float(run["compute"][column]))
     result = sorted(rows.values(), key=lambda r: (r.task, -_nan_low(r.mean("prior_after"))))
     _mark_pareto(result)
     return result
@@ -101,6 +109,14 @@ def _mark_pareto(rows: list[Row]) -> None:
         )
 
 
+def cell(row: Row, column: str, decimals: int) -> str:
+    """Text of one leaderboard cell: mean ± std for metrics, the mean for compute."""
+    mean = row.mean(column)
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{decimals}f} ± {row.std(column):.{decimals}f}" if decimals else f"{mean:.0f}"
+
+
 def as_records(rows: list[Row]) -> list[dict]:
     """Plain dicts for csv / json / markdown output."""
     records = []
@@ -112,7 +128,7 @@ def as_records(rows: list[Row]) -> list[dict]:
             "seeds": len(row.seeds),
             "pareto": row.pareto,
         }
-        for column in (*[c[0] for c in COLUMNS], "rehearsal_precision"):
+        for column, _, _ in COLUMNS:
             if row.values.get(column):
                 record[f"{column}_mean"] = round(row.mean(column), 6)
                 record[f"{column}_std"] = round(row.std(column), 6)
