@@ -157,6 +157,8 @@ class RunContext:
     compute: Compute
     logger: logging.Logger
     new_param_names: frozenset[str] = frozenset()
+    # Only ever True when the user passed --trust-remote-code (hub code runs on this machine).
+    trust_remote_code: bool = False
     prior_predictions: Callable[[], PriorPredictions] | None = None
     # batches(split, batch_size=None, extra=False): collated device batches over a split for
     # inference; extra=True counts them as the method's extra inference.

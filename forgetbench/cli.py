@@ -78,6 +78,10 @@ def run(
         str | None,
         typer.Option(help="a ready prior model (local dir or hub id) instead of stage 0"),
     ] = None,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(help="let transformers run model code from a hub repository (off by default)"),
+    ] = False,
     resume: Annotated[
         int | None,
         typer.Option(
@@ -102,6 +106,7 @@ def run(
             steps=steps,
             overrides=parse_set(set_ or []),
             prior_model=prior_model,
+            trust_remote_code=trust_remote_code,
         )
     run_id = execute(request, db=db, resume=resume)
 

@@ -59,6 +59,7 @@ class RunRequest:
     steps: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     prior_model: str | None = None
+    trust_remote_code: bool = False
 
 
 def request_from_run(run: dict) -> RunRequest:
@@ -74,6 +75,7 @@ def request_from_run(run: dict) -> RunRequest:
         seed=run["seed"],
         overrides=overrides,
         prior_model=config["prior_model"],
+        trust_remote_code=config.get("trust_remote_code", False),
     )
 
 
@@ -123,6 +125,8 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> ResolvedRu
         "methods": [{"name": m.name, "config": config_dict(m.config)} for m in methods],
         "prior_model": request.prior_model,
     }
+    if request.trust_remote_code:  # recorded only when on, so default configs keep their hash
+        config["trust_remote_code"] = True
     providers = {"task": task_entry.provider}
     providers.update({entry.name: entry.provider for entry in method_entries})
     return ResolvedRun(task_cls(task_config), methods, train, providers, config, hash_json(config))
@@ -314,6 +318,7 @@ def _run(request: RunRequest, resolved: ResolvedRun, store: Store, run_id: int) 
         cache_dir=cache_root(),
         compute=compute,
         logger=log,
+        trust_remote_code=request.trust_remote_code,
     )
     data = task.load_data(ctx)
     store.update_run(run_id, data_fingerprints=data.fingerprints())

@@ -13,6 +13,7 @@ Configs:
 from __future__ import annotations
 
 import dataclasses
+import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -134,12 +135,10 @@ def save_bundle(model: EncoderClassifier, tokenizer, directory: Path, info: dict
     save_file(heads, str(directory / "heads.safetensors"))
     labels = {name: head.out_features for name, head in model.heads.items()}
     meta = {"pooling": model.pooling, "heads": labels, **info}
-    (directory / "bundle.json").write_text(__import__("json").dumps(meta, indent=1))
+    (directory / "bundle.json").write_text(json.dumps(meta, indent=1))
 
 
 def load_bundle(directory: Path, identity: str, source: str) -> ModelBundle:
-    import json
-
     from transformers import AutoModel, AutoTokenizer
 
     meta = json.loads((directory / "bundle.json").read_text())
@@ -159,7 +158,7 @@ def load_sequence_classifier(path: str, trust_remote_code: bool = False) -> Mode
         full = AutoModelForSequenceClassification.from_pretrained(
             path, trust_remote_code=trust_remote_code
         )
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise ForgetbenchError(
             f"cannot load prior model {path!r}: {error}".split("\n")[0]
@@ -198,7 +197,7 @@ class ClassificationTask(Task):
             candidate = Path(prior_model)
             if (candidate / "bundle.json").exists():
                 return load_bundle(candidate, hash_dir(candidate), f"prior-model:{prior_model}")
-            return load_sequence_classifier(prior_model)
+            return load_sequence_classifier(prior_model, ctx.trust_remote_code)
         base = self.base_model_path()
         num_labels = int(data.info["prior_labels"])
         key = hash_json(
@@ -216,10 +215,12 @@ class ClassificationTask(Task):
             from transformers import AutoModel, AutoTokenizer
 
             ctx.logger.info("stage 0: fine-tuning %s on the prior task (cached afterwards)", base)
-            tokenizer = AutoTokenizer.from_pretrained(base)
+            tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=ctx.trust_remote_code)
             torch.manual_seed(0)
             model = EncoderClassifier(
-                AutoModel.from_pretrained(base, use_safetensors=True),
+                AutoModel.from_pretrained(
+                    base, use_safetensors=True, trust_remote_code=ctx.trust_remote_code
+                ),
                 {"prior": num_labels},
                 self.pooling,
             )

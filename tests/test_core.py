@@ -219,3 +219,13 @@ def test_hookspec_module_marks_firstresult():
     assert manager.hook.forgetbench_prior_sampler.spec.opts["firstresult"]
     assert not manager.hook.forgetbench_regularizer.spec.opts["firstresult"]
     assert hookspecs.PROJECT == "forgetbench"
+
+
+def test_trust_remote_code_is_off_unless_asked_and_recorded_when_on(tiny_registry):
+    from forgetbench.runner import RunRequest, resolve
+
+    plain = resolve(RunRequest(task="tiny"), tiny_registry)
+    trusted = resolve(RunRequest(task="tiny", trust_remote_code=True), tiny_registry)
+    assert "trust_remote_code" not in plain.config
+    assert trusted.config["trust_remote_code"] is True
+    assert plain.config_hash != trusted.config_hash
