@@ -188,3 +188,10 @@ def test_mnli_offline_cli_fails_with_one_line(tmp_path):
     assert len(lines) == 1, result.stderr
     assert "nyu-mll/multi_nli" in lines[0]
     assert "task.data_dir" in lines[0]
+
+
+def test_real_wordnet_has_every_synset_and_supersense():
+    examples = read_wordnet()
+    assert len(examples) == 117_659
+    assert {e["label"] for e in examples} == set(range(45))
+    assert len({e["id"] for e in examples}) == len(examples)
