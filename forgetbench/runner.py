@@ -132,17 +132,30 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> ResolvedRu
     return ResolvedRun(task_cls(task_config), methods, train, providers, config, hash_json(config))
 
 
-def method_label(methods: list[Method]) -> str:
-    """``mixcd(mix_ratio=0.2)+wise-ft``: method names with their non-default settings."""
+def _changed(config: Any, default: Any) -> str:
+    """``k=v,...`` for the fields of ``config`` that differ from ``default``."""
+    reference = config_dict(default)
+    changed = {k: v for k, v in config_dict(config).items() if reference.get(k) != v}
+    return ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
+
+
+def method_label(
+    methods: list[Method],
+    train: TrainConfig | None = None,
+    train_default: TrainConfig | None = None,
+) -> str:
+    """``mixcd(mix_ratio=0.2)+wise-ft [lr=0.001]``: method names with their non-default
+    settings, then the training settings that differ from the task's defaults."""
     parts = []
     for method in methods:
-        changed = {}
-        if method.config is not None:
-            default = config_dict(method.default_config())
-            changed = {k: v for k, v in config_dict(method.config).items() if default.get(k) != v}
-        args = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
+        args = _changed(method.config, method.default_config()) if method.config else ""
         parts.append(f"{method.name}({args})" if args else method.name)
-    return "+".join(parts)
+    label = "+".join(parts)
+    if train is not None and train_default is not None:
+        changed = _changed(train, train_default)
+        if changed:
+            label += f" [{changed}]"
+    return label
 
 
 def package_versions(extra: dict[str, str]) -> dict[str, str]:
@@ -282,7 +295,7 @@ def execute(
         run_id = store.start_run(
             task=task.metadata.name,
             task_version=task.metadata.version,
-            methods=method_label(methods),
+            methods=method_label(methods, resolved.train, TrainConfig(**type(task).train_defaults)),
             config=resolved.config,
             config_hash=resolved.config_hash,
             seed=request.seed,

@@ -229,3 +229,21 @@ def test_trust_remote_code_is_off_unless_asked_and_recorded_when_on(tiny_registr
     assert "trust_remote_code" not in plain.config
     assert trusted.config["trust_remote_code"] is True
     assert plain.config_hash != trusted.config_hash
+
+
+def test_method_label_shows_non_default_method_and_train_settings(tiny_registry):
+    from forgetbench.runner import RunRequest, method_label, resolve
+
+    resolved = resolve(
+        RunRequest(
+            task="tiny",
+            methods=["mixcd", "wise-ft"],
+            overrides={"mixcd.mix_ratio": "0.5", "lr": "0.01"},
+        ),
+        tiny_registry,
+    )
+    default = TrainConfig(**type(resolved.task).train_defaults)
+    label = method_label(resolved.methods, resolved.train, default)
+    assert label == "mixcd(mix_ratio=0.5)+wise-ft [lr=0.01]"
+    plain = resolve(RunRequest(task="tiny", methods=["mixcd"]), tiny_registry)
+    assert method_label(plain.methods, plain.train, default) == "mixcd"
