@@ -40,4 +40,5 @@ for seed in $SEEDS; do
   run "mixcd(mix_ratio=0.5)" "$seed" --method mixcd --set mixcd.mix_ratio=0.5
   run "random(mix_ratio=0.5)" "$seed" --method random --set random.mix_ratio=0.5
 done
+for seed in $SEEDS; do run "lora [lr=0.001]" "$seed" --method lora --set lr=1e-3; done
 "$BIN/forgetbench" leaderboard --db "$DB" --task wordnet --format markdown
