@@ -56,11 +56,11 @@ def test_exception_marks_the_run_failed_and_keeps_it_off_the_leaderboard(db):
     store = Store(db)
     (failed,) = store.get_runs(status="failed")
     assert failed["error"] == "RuntimeError: setup exploded on purpose"
-    assert failed["methods"] == "setup-fails"
+    assert failed["methods"] == "setup-fails [steps=2]"
     assert failed["finished_at"] is not None
     assert store.get_metrics([failed["id"]])[failed["id"]] == {}
     rows = leaderboard(store)
-    assert [row.methods for row in rows] == ["finetune"]
+    assert [row.methods for row in rows] == ["finetune [steps=2]"]
     assert [run["id"] for run in store.get_runs(status="ok")] == [finished]
 
 
