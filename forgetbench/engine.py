@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file, save_file
 
 from forgetbench.api import Compute, PerSample, PriorPredictions, PriorSampler, RunContext, Split
-from forgetbench.cache import cached_dir
+from forgetbench.cache import cached_dir, hash_json
 from forgetbench.checkpoint import Checkpointer
 from forgetbench.config import TrainConfig
 
@@ -148,8 +149,6 @@ def prior_predictions(
     method. Building it is one inference pass; a method that relies on it charges that pass to
     its own compute (the cache hit/miss must not change a run's reported cost).
     """
-    from forgetbench.cache import hash_json
-
     key = hash_json({"model": model_identity, "data": split.fingerprint(), "v": 1})
 
     def build(directory: Path) -> dict:
@@ -312,6 +311,23 @@ def train_loop(
                 checkpointer.save(step, accelerator.unwrap_model(model), optimizer, scheduler, loop)
             advance()
     return accelerator.unwrap_model(model), curve
+
+
+def train_stage0(task, model, tokenizer, prior_train: Split, ctx: RunContext):
+    """Stage 0: fine-tune ``model`` on the prior task with ``task.stage0``, seed 0 (the prior
+    model belongs to the scenario, not to a run; its compute is not the run's)."""
+    stage_ctx = dataclasses.replace(ctx, seed=0, train=task.stage0, compute=Compute())
+    accelerator = make_accelerator(task.stage0)
+    model, _ = train_loop(
+        task,
+        model.to(accelerator.device),
+        tokenizer,
+        prior_train,
+        stage_ctx,
+        accelerator,
+        label="stage 0",
+    )
+    return model
 
 
 def _combine_loss(ctx, hooks, model, batch, outputs: PerSample) -> torch.Tensor:

@@ -9,7 +9,6 @@ authors can use it to test a method end to end through the real engine and store
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from forgetbench import engine
-from forgetbench.api import Compute, ModelBundle, RunContext, Split, TaskData, TaskMetadata
+from forgetbench.api import ModelBundle, RunContext, Split, TaskData, TaskMetadata
 from forgetbench.cache import hash_json
 from forgetbench.config import TrainConfig, check, config_dict
 from forgetbench.registry import Registry, get_registry
@@ -136,17 +135,7 @@ class TinyTextTask(ClassificationTask):
                 tiny_encoder(self.config.hidden), {"prior": self.config.prior_classes}
             )
             if self.stage0.steps:
-                stage_ctx = dataclasses.replace(ctx, seed=0, train=self.stage0, compute=Compute())
-                accelerator = engine.make_accelerator(self.stage0)
-                model, _ = engine.train_loop(
-                    self,
-                    model.to(accelerator.device),
-                    None,
-                    data.prior_train,
-                    stage_ctx,
-                    accelerator,
-                    label="stage 0",
-                )
+                model = engine.train_stage0(self, model, None, data.prior_train, ctx)
             _STAGE0[identity] = model.cpu()
         return ModelBundle(copy.deepcopy(_STAGE0[identity]), None, identity, "tiny")
 

@@ -12,7 +12,6 @@ Configs:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import zlib
 from collections.abc import Sequence
@@ -29,7 +28,6 @@ from torch import nn
 
 from forgetbench import engine
 from forgetbench.api import (
-    Compute,
     ModelBundle,
     PerSample,
     RunContext,
@@ -224,17 +222,7 @@ class ClassificationTask(Task):
                 {"prior": num_labels},
                 self.pooling,
             )
-            stage_ctx = dataclasses.replace(ctx, seed=0, train=self.stage0, compute=Compute())
-            accelerator = engine.make_accelerator(self.stage0)
-            model, _ = engine.train_loop(
-                self,
-                model.to(accelerator.device),
-                tokenizer,
-                data.prior_train,
-                stage_ctx,
-                accelerator,
-                label="stage 0",
-            )
+            model = engine.train_stage0(self, model, tokenizer, data.prior_train, ctx)
             save_bundle(model.cpu(), tokenizer, directory, {"base": base})
             return {"stage0": config_dict(self.stage0)}
 
