@@ -1,27 +1,66 @@
-"""Core types shared by the engine and every plugin. Kept deliberately few."""
+"""The public types of forgetbench: what a task and a method implement and what they receive.
+
+Kept deliberately few. A task (one family or one dataset of a known family) implements
+:class:`Task`; a method implements :class:`Method` plus hooks (``forgetbench.hookspecs``); both
+read the run through a :class:`RunContext`. The core never special-cases a family: every task
+says what success means for one example (:class:`PerSample`, :class:`EvalResult`), which metric
+is its main one and in which direction (:class:`TaskMetadata`), and which auxiliary partitions
+mix-cd may use (:meth:`Task.partitions`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-FAMILIES = ("text-classification", "qa", "translation", "clip-image")
-SPLITS = ("prior", "new")
+from forgetbench.config import TrainConfig, check
+from forgetbench.errors import ForgetbenchError
+from forgetbench.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from forgetbench.context import RunContext
+
+__all__ = [
+    "Batch",
+    "Compute",
+    "EvalResult",
+    "ForgetbenchError",
+    "LeaderboardColumn",
+    "Method",
+    "ModelBundle",
+    "PerSample",
+    "PriorPredictions",
+    "PriorSampler",
+    "RunContext",
+    "Split",
+    "Stage0Spec",
+    "Task",
+    "TaskData",
+    "TaskMetadata",
+    "TrainConfig",
+    "check",
+    "hookimpl",
+]
 
 
 @dataclass(frozen=True)
 class TaskMetadata:
-    """What a task is, for the registry, the leaderboard and provenance."""
+    """What a task is, for the registry, the leaderboard, plots and provenance.
+
+    ``prior_metric`` / ``new_metric`` are the main metrics of the prior and the new task (keys of
+    :attr:`EvalResult.metrics`); ``lower_is_better`` names every metric of the task where lower
+    is better (the rest are higher-is-better). Runs store the main metrics; the leaderboard and
+    its Pareto marks read them and the stored directions, never a guess.
+    """
 
     name: str
     family: str
@@ -31,11 +70,13 @@ class TaskMetadata:
     lower_is_better: frozenset[str] = frozenset({"loss"})
     reference: str = ""
     version: str = "1"
+    dataset_revision: str = ""
+    license: str = ""
     offline: bool = False
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"task family must be one of {FAMILIES}, got {self.family!r}")
+        if not self.name or not self.family:
+            raise ValueError("a task needs a name and a family")
 
     def higher_is_better(self, metric: str) -> bool:
         return metric not in self.lower_is_better
@@ -43,7 +84,8 @@ class TaskMetadata:
 
 @dataclass
 class Split:
-    """One data split: a list of examples (dicts), each with a stable integer ``id``."""
+    """One data split: a list of examples (dicts of JSON-able values), each with a stable integer
+    ``id``. Keys other than ``id`` belong to the task."""
 
     name: str
     examples: list[dict[str, Any]]
@@ -68,55 +110,85 @@ class Split:
 
 @dataclass
 class TaskData:
-    """The four splits of a two-stage scenario.
-
-    ``prior_aux`` optionally gives, per prior-train example, a task-defined integer bin (e.g.
-    MNLI genre) that mix-cd's ``aux`` partition reads.
-    """
+    """The four splits of a two-stage scenario, plus task-specific ``info`` (label names...)."""
 
     prior_train: Split
     prior_eval: Split
     new_train: Split
     new_eval: Split
-    prior_aux: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
+    def splits(self) -> tuple[Split, Split, Split, Split]:
+        return (self.prior_train, self.prior_eval, self.new_train, self.new_eval)
+
     def fingerprints(self) -> dict[str, str]:
-        return {
-            split.name: split.fingerprint()
-            for split in (self.prior_train, self.prior_eval, self.new_train, self.new_eval)
+        return {split.name: split.fingerprint() for split in self.splits()}
+
+
+@dataclass
+class Batch:
+    """A collated batch: the task's model ``inputs`` and the engine's bookkeeping.
+
+    ``ids`` [B] (the examples' ``id``), ``is_prior`` [B] bool (drawn from the prior train set, i.e.
+    rehearsed), ``index`` [B] (position in its split). Row ``b`` of every tensor in ``inputs`` is
+    example ``b``: a task that windows long inputs picks one window per example for training.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    ids: torch.Tensor
+    is_prior: torch.Tensor
+    index: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def to(self, device: torch.device) -> Batch:
+        moved = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()
         }
+        return Batch(moved, self.ids.to(device), self.is_prior.to(device), self.index.to(device))
 
 
 @dataclass
 class PerSample:
-    """Per-sample results of one forward pass. All tensors have leading dimension B.
+    """Per-sample results of one forward pass; every tensor has leading dimension B.
 
-    ``loss`` [B] float (attached to the graph during training), ``correct`` [B] bool (task
-    prediction right?), ``confidence`` [B] float (probability of the predicted answer),
-    ``features``: optional list of [B, D] tensors read at the task's feature taps.
+    ``loss`` [B] float (attached to the graph in training), ``success`` [B] bool (the task's own
+    criterion of a right answer, from the same forward pass: no decoding, no extra pass),
+    ``confidence`` [B] float (probability of the predicted answer), ``features``: optional list
+    of [B, D] tensors at the task's feature taps (``with_features=True``).
     """
 
     loss: torch.Tensor
-    correct: torch.Tensor
+    success: torch.Tensor
     confidence: torch.Tensor
     features: list[torch.Tensor] | None = None
 
     def detach_cpu(self) -> PerSample:
         return PerSample(
             loss=self.loss.detach().float().cpu(),
-            correct=self.correct.detach().cpu(),
+            success=self.success.detach().cpu(),
             confidence=self.confidence.detach().float().cpu(),
-            features=None,
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[PerSample]) -> PerSample:
+        return PerSample(
+            loss=torch.cat([p.loss for p in parts]),
+            success=torch.cat([p.success for p in parts]),
+            confidence=torch.cat([p.confidence for p in parts]),
         )
 
 
 @dataclass
 class EvalResult:
-    """Metrics of one split, plus per-example correctness where the task defines it."""
+    """One split's evaluation: aggregate ``metrics`` and per-example ``success`` [N] bool (in
+    split order), from which the engine derives the collateral-damage rate for every family.
+    ``score`` [N] optionally holds a per-example score (e.g. sentence F1)."""
 
     metrics: dict[str, float]
-    correct: np.ndarray | None = None
+    success: np.ndarray
+    score: np.ndarray | None = None
 
 
 @dataclass
@@ -124,9 +196,8 @@ class PriorPredictions:
     """The prior model's per-sample results on the prior train set (the shared prior cache)."""
 
     loss: np.ndarray
-    correct: np.ndarray
+    success: np.ndarray
     confidence: np.ndarray
-    labels: np.ndarray
 
 
 @dataclass
@@ -144,30 +215,41 @@ class Compute:
 
 
 @dataclass(frozen=True)
-class RunContext:
-    """What a method may read about the current run. Read-only, except the compute counter
-    (``ctx.compute.extra_inference += n`` for inference a method spends of its own)."""
+class ModelBundle:
+    """A model plus what feeds it and identifies it.
 
-    run_id: int | None
-    seed: int
-    device: torch.device
-    task: Task
-    train: Any  # forgetbench.config.TrainConfig
-    cache_dir: Path
-    compute: Compute
-    logger: logging.Logger
-    new_param_names: frozenset[str] = frozenset()
-    # Only ever True when the user passed --trust-remote-code (hub code runs on this machine).
-    trust_remote_code: bool = False
-    prior_predictions: Callable[[], PriorPredictions] | None = None
-    # batches(split, batch_size=None, extra=False): collated device batches over a split for
-    # inference; extra=True counts them as the method's extra inference.
-    batches: Callable[..., Iterator[dict[str, torch.Tensor]]] | None = None
+    ``processor``: the tokenizer, image transform or both (whatever the task's ``collate``
+    needs); ``extras``: what else the family needs (e.g. class-name text embeddings);
+    ``identity``: content hash of the weights (provenance, cache keys); ``source``: where it came
+    from (stage-0 cache entry, ``--prior-model`` path, base model id).
+    """
 
-    def generator(self, purpose: str) -> np.random.Generator:
-        """A numpy generator derived from the run seed and a purpose string."""
-        digest = hashlib.sha256(f"{self.seed}:{purpose}".encode()).digest()
-        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    model: torch.nn.Module
+    processor: Any
+    identity: str = ""
+    source: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage0Spec:
+    """How the core makes the prior model: train ``build_prior``'s model on the prior train set
+    with ``train`` (seed 0), then cache it content-addressed by ``base`` (an identity of the
+    base weights), the prior data's fingerprint, ``train`` and ``key`` (anything else that
+    changes the result, e.g. pooling)."""
+
+    train: TrainConfig
+    base: str
+    key: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LeaderboardColumn:
+    """A diagnostic a method stores (``run/derived/<name>``) that the leaderboard shows."""
+
+    name: str
+    header: str
+    decimals: int = 4
 
 
 class PriorSampler(ABC):
@@ -199,12 +281,17 @@ class PriorSampler(ABC):
 
 class Method:
     """Base class of a forgetting mitigation. Subclasses set ``name`` and ``Config`` (a
-    dataclass validated in ``__post_init__``) and implement hooks with ``@hookimpl``."""
+    dataclass validated in ``__post_init__``) and implement hooks with ``@hookimpl``.
+
+    ``needs_features``: the training forward pass returns the task's feature taps.
+    ``columns``: diagnostics this method stores that the leaderboard shows.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    Config: ClassVar[type] = None  # type: ignore[assignment]
+    Config: ClassVar[type | None] = None
     needs_features: ClassVar[bool] = False
+    columns: ClassVar[tuple[LeaderboardColumn, ...]] = ()
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.default_config()
@@ -223,74 +310,123 @@ class Method:
         """Restore :meth:`state_dict` when a run resumes from a checkpoint."""
 
 
-@dataclass(frozen=True)
-class ModelBundle:
-    """A model plus what is needed to feed it and to identify it."""
-
-    model: torch.nn.Module
-    tokenizer: Any
-    identity: str  # content hash of the weights (provenance, cache keys)
-    source: str  # where it came from (base model id, stage-0 cache dir, --prior-model path)
-
-
 class Task(ABC):
     """A two-stage scenario: a prior model f0, then fine-tuning on a new task.
 
-    Abstract only what every task must do; optional steps have no-op defaults.
+    Abstract: what every task must do (``load_data``, ``build_prior``, ``collate``, ``forward``).
+    The rest are optional steps with defaults. The core calls, in order: ``load_data``; the prior
+    model (``load_prior`` for ``--prior-model``, else ``build_prior`` trained by the core when
+    ``stage0`` is set, cached with ``save_bundle`` / ``load_bundle``); ``init_new_task``;
+    ``evaluate`` before and after fine-tuning, ``collate`` and ``forward`` for every step.
     """
 
     metadata: ClassVar[TaskMetadata]
-    Config: ClassVar[type] = None  # type: ignore[assignment]
+    Config: ClassVar[type | None] = None
     # Overrides of TrainConfig's defaults for this task (the default fine-tuning budget).
     train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else (self.Config() if self.Config else None)
 
+    # -- data --------------------------------------------------------------------------------
+
     @abstractmethod
     def load_data(self, ctx: RunContext) -> TaskData:
-        """Load the four splits; raise ForgetbenchError naming what is missing."""
+        """Load the four splits; raise ForgetbenchError naming what is missing and how to get it."""
+
+    def partitions(self, data: TaskData) -> dict[str, np.ndarray]:
+        """Named auxiliary schemes for mix-cd: an integer bin per prior-train example (e.g.
+        ``label``, ``genre``, ``lang_pair``, ``dataset``). Default: none."""
+        return {}
+
+    # -- the prior model ---------------------------------------------------------------------
+
+    @property
+    def stage0(self) -> Stage0Spec | None:
+        """How the core trains the prior model from ``build_prior``'s, or None (ready as built)."""
+        return None
 
     @abstractmethod
-    def prepare_prior(
-        self, ctx: RunContext, data: TaskData, prior_model: str | None
-    ) -> ModelBundle:
-        """Return f0: ``prior_model`` if given, else the (cached) stage-0 model."""
+    def build_prior(self, ctx: RunContext, data: TaskData) -> ModelBundle:
+        """The prior model before stage 0 (base weights plus the prior task's head), or the
+        ready prior model when ``stage0`` is None. The core seeds torch before calling it."""
+
+    def save_bundle(self, bundle: ModelBundle, directory: Path) -> None:
+        """Write a (stage-0) bundle to ``directory`` with safetensors; needed with ``stage0``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot save its prior model")
+
+    def load_bundle(self, directory: Path) -> ModelBundle:
+        """Read what :meth:`save_bundle` wrote (safely: safetensors, no remote code)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load a saved prior model")
+
+    def load_prior(self, ctx: RunContext, path: str) -> ModelBundle:
+        """``--prior-model PATH``: by default a directory :meth:`save_bundle` wrote."""
+        if not (Path(path) / "bundle.json").exists():
+            raise ForgetbenchError(
+                f"--prior-model {path!r}: not a forgetbench prior-model directory"
+                f" (task {self.metadata.name!r} reads no other format)"
+            )
+        return self.load_bundle(Path(path))
 
     def init_new_task(
-        self, bundle: ModelBundle, data: TaskData, ctx: RunContext
+        self, ctx: RunContext, bundle: ModelBundle, data: TaskData
     ) -> torch.nn.Module:
-        """Add what the new task needs (e.g. a fresh head) and return the model to fine-tune."""
+        """Add what the new task needs (e.g. a fresh head); return the model to fine-tune. The
+        core seeds torch with the run seed first; parameters added here are the run's
+        ``ctx.new_param_names``."""
         return bundle.model
+
+    # -- one step ----------------------------------------------------------------------------
 
     @abstractmethod
     def collate(
-        self, examples: Sequence[dict[str, Any]], tokenizer: Any
+        self, bundle: ModelBundle, examples: Sequence[dict[str, Any]]
     ) -> dict[str, torch.Tensor]:
-        """Collate examples (mixed prior and new) into model inputs, dynamically padded."""
+        """Model inputs for ``examples`` (prior and new mixed), one row per example."""
 
     @abstractmethod
     def forward(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], with_features: bool = False
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], with_features: bool = False
     ) -> PerSample:
-        """Per-sample loss, correctness and confidence of ``model`` on ``batch``."""
+        """Per-sample loss, success and confidence of ``model`` on ``inputs`` in one pass."""
 
-    def evaluate(self, model: torch.nn.Module, split: Split, ctx: RunContext) -> EvalResult:
-        """Metrics of ``model`` on ``split``. The default suits classification: accuracy and
-        mean loss from :meth:`forward`, plus per-example correctness."""
-        losses, correct = [], []
-        for batch in ctx.batches(split):
-            per_sample = self.forward(model, batch)
-            losses.append(per_sample.loss.float().cpu())
-            correct.append(per_sample.correct.cpu())
-        loss = torch.cat(losses).numpy()
-        right = torch.cat(correct).numpy().astype(bool)
-        return EvalResult({"accuracy": float(right.mean()), "loss": float(loss.mean())}, right)
+    # -- evaluation --------------------------------------------------------------------------
 
-    def partitions(self, data: TaskData) -> np.ndarray | None:
-        """Optional auxiliary bin per prior-train example for mix-cd (e.g. MNLI genre)."""
-        return data.prior_aux
+    def evaluate(self, ctx: RunContext, model: torch.nn.Module, split: Split) -> EvalResult:
+        """Metrics of ``model`` (in eval mode, under inference mode) on ``split``.
+
+        Default (classification-like tasks): ``accuracy`` (share of successes) and the mean
+        ``loss`` from :meth:`forward`. Override it for metrics that need decoding.
+        """
+        results = ctx.predict(model, split)
+        success = results.success.numpy().astype(bool)
+        loss = results.loss.numpy()
+        return EvalResult({"accuracy": float(success.mean()), "loss": float(loss.mean())}, success)
+
+    # -- what methods read -------------------------------------------------------------------
 
     def feature_taps(self) -> str:
         """Describe the layers whose features ``forward(..., with_features=True)`` returns."""
         return ""
+
+    def lora_target_modules(self, model: torch.nn.Module) -> list[str] | None:
+        """Module-name suffixes LoRA adapts by default for this family (None: no default)."""
+        return None
+
+    def reference_losses(
+        self, ctx: RunContext, model: torch.nn.Module, split: Split
+    ) -> torch.Tensor | None:
+        """Per-example loss [N] of the prior model on a new-task split, where ``model``'s own
+        loss is meaningless (e.g. a fresh classification head: a linear probe). None: FLOW uses
+        the prior model's own per-sample loss."""
+        return None
+
+
+def __getattr__(name: str):
+    # RunContext lives in forgetbench.context (it needs the engine); re-exported lazily here
+    # so plugins import every public name from one module.
+    if name == "RunContext":
+        from forgetbench.context import RunContext
+
+        return RunContext
+    raise AttributeError(name)

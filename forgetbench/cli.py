@@ -122,14 +122,15 @@ def leaderboard(
     db: DbOption = None,
 ):
     """Aggregate finished runs over seeds (mean ± std); * marks the Pareto front."""
-    from forgetbench.report import COLUMNS, as_records, cell
+    from forgetbench.report import as_records, cell, columns
     from forgetbench.report import leaderboard as build
     from forgetbench.store import Store
 
     if format_ not in ("table", "markdown", "csv", "json"):
         raise ForgetbenchError(f"--format must be table, markdown, csv or json, got {format_!r}")
     rows = build(Store(db), task)
-    records = as_records(rows)
+    shown = columns(rows)
+    records = as_records(rows, shown)
     if format_ == "json":
         print(json.dumps(records, indent=1))
         return
@@ -144,10 +145,17 @@ def leaderboard(
         writer.writerows(records)
         print(buffer.getvalue(), end="")
         return
-    headers = ["task", "methods", "seeds", *[header for _, header, _ in COLUMNS]]
+    headers = ["task", "methods", "seeds", "main metric", *[header for _, header, _ in shown]]
     lines = [
-        [row.task, row.methods + (" *" if row.pareto else ""), str(len(row.seeds))]
-        + [cell(row, key, decimals) for key, _, decimals in COLUMNS]
+        [
+            row.task,
+            row.methods + (" *" if row.pareto else ""),
+            str(len(row.seeds)),
+            row.prior_metric
+            if row.prior_metric == row.new_metric
+            else f"{row.prior_metric} / {row.new_metric}",
+        ]
+        + [cell(row, key, decimals) for key, _, decimals in shown]
         for row in rows
     ]
     if format_ == "markdown":

@@ -32,7 +32,6 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW decoupled weight decay"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "linear warm-up share of steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
-    max_length: int = field(default=48, metadata={"help": "tokens per text input"})
     eval_batch_size: int = field(default=128, metadata={"help": "samples per evaluation batch"})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
@@ -52,7 +51,6 @@ class TrainConfig:
             0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"
         )
         check(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
-        check(self.max_length >= 4, f"max_length must be >= 4, got {self.max_length}")
         check(
             self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"
         )

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from forgetbench.api import PerSample
+from forgetbench.api import Batch, LeaderboardColumn, PerSample
+
+# What a rehearsal method adds to the leaderboard.
+REHEARSAL_COLUMNS = (LeaderboardColumn("rehearsal_precision", "rehearsal prec."),)
 
 
-def prior_rows(batch: dict[str, torch.Tensor], per_sample: PerSample):
-    """Prior-train indices [P] and current correctness [P] of the prior samples in a batch."""
-    mask = batch["is_prior"].cpu().numpy()
-    index = batch["index"].cpu().numpy()[mask]
-    correct = per_sample.correct.cpu().numpy()[mask].astype(bool)
-    return index, correct
+def prior_rows(batch: Batch, per_sample: PerSample):
+    """Prior-train indices [P] and current success [P] of the prior samples in a batch."""
+    mask = batch.is_prior.cpu().numpy()
+    index = batch.index.cpu().numpy()[mask]
+    success = per_sample.success.cpu().numpy()[mask].astype(bool)
+    return index, success
 
 
 class RehearsalMonitor:
@@ -23,15 +25,15 @@ class RehearsalMonitor:
     current model gets it wrong in the step's forward pass (before that step's update).
     """
 
-    def __init__(self, prior_correct: np.ndarray):
-        self.prior_correct = np.asarray(prior_correct, dtype=bool)
+    def __init__(self, prior_success: np.ndarray):
+        self.prior_success = np.asarray(prior_success, dtype=bool)
         self.rehearsed = 0
         self.damaged = 0
 
-    def observe(self, batch: dict[str, torch.Tensor], per_sample: PerSample):
+    def observe(self, batch: Batch, per_sample: PerSample):
         """Update the counts; returns (indices, is_cd) of the batch's prior samples."""
-        index, correct = prior_rows(batch, per_sample)
-        damage = self.prior_correct[index] & ~correct
+        index, success = prior_rows(batch, per_sample)
+        damage = self.prior_success[index] & ~success
         self.rehearsed += len(index)
         self.damaged += int(damage.sum())
         return index, damage

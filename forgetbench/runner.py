@@ -4,49 +4,27 @@ one transaction) or ``failed`` / ``interrupted`` with the reason."""
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.metadata
 import logging
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from forgetbench import engine
-from forgetbench.api import (
-    Compute,
-    EvalResult,
-    Method,
-    PriorPredictions,
-    RunContext,
-    Task,
-    TaskData,
-)
+from forgetbench.api import Compute, Method, Task, TaskData
 from forgetbench.cache import cache_root, hash_json
 from forgetbench.checkpoint import Checkpointer, checkpoint_dir
 from forgetbench.config import TrainConfig, build_config, config_dict, split_overrides
+from forgetbench.context import RunContext
 from forgetbench.errors import ForgetbenchError
+from forgetbench.evaluation import derived_metrics, evaluate_splits, flat
+from forgetbench.prior import prepare_prior
+from forgetbench.provenance import git_sha, package_versions
 from forgetbench.registry import Registry, get_registry, run_plugin_manager
 from forgetbench.store import Metric, Store
 
 log = logging.getLogger("forgetbench")
-CORE_PACKAGES = (
-    "forgetbench",
-    "torch",
-    "transformers",
-    "peft",
-    "accelerate",
-    "datasets",
-    "numpy",
-    "safetensors",
-    "sqlalchemy",
-    "pluggy",
-)
 
 
 @dataclass
@@ -158,95 +136,6 @@ def method_label(
     return label
 
 
-def package_versions(extra: dict[str, str]) -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in sorted({*CORE_PACKAGES, *extra.values()}):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def git_sha() -> str | None:
-    """The commit of the forgetbench source tree, with ``-dirty`` if it has local changes."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{sha}-dirty" if dirty else sha
-
-
-def derived_metrics(
-    task: Task, before: dict[str, EvalResult], after: dict[str, EvalResult]
-) -> list[Metric]:
-    """before/after metrics of both splits, plus forgetting, gain and the collateral-damage rate.
-
-    forgetting = prior/before - prior/after of the prior main metric (sign flipped where lower
-    is better), gain = new/after - new/before of the new main metric, both in the metric's
-    units; cd_rate = share of prior eval examples right before and wrong after (negative flip
-    rate).
-    """
-    meta = task.metadata
-    rows = []
-    for split in ("prior", "new"):
-        for stage, results in (("before", before), ("after", after)):
-            for name, value in results[split].metrics.items():
-                rows.append(Metric(split, stage, name, value, meta.higher_is_better(name)))
-
-    def change(split: str, metric: str) -> float:
-        sign = 1.0 if meta.higher_is_better(metric) else -1.0
-        return sign * (after[split].metrics[metric] - before[split].metrics[metric])
-
-    rows.append(
-        Metric(
-            "prior",
-            "derived",
-            "forgetting",
-            -change("prior", meta.prior_metric),
-            higher_is_better=False,
-        )
-    )
-    rows.append(Metric("new", "derived", "gain", change("new", meta.new_metric)))
-    right_before, right_after = before["prior"].correct, after["prior"].correct
-    if right_before is not None and right_after is not None:
-        damage = float(np.mean(right_before & ~right_after))
-        rows.append(Metric("prior", "derived", "cd_rate", damage, higher_is_better=False))
-    return rows
-
-
-def _evaluate(
-    task: Task, model: torch.nn.Module, data: TaskData, ctx: RunContext
-) -> dict[str, EvalResult]:
-    model.eval()
-    with torch.inference_mode():
-        return {
-            "prior": task.evaluate(model, data.prior_eval, ctx),
-            "new": task.evaluate(model, data.new_eval, ctx),
-        }
-
-
-def _flat(results: dict[str, EvalResult]) -> dict[str, float]:
-    return {
-        f"{split}/{k}": v for split, result in results.items() for k, v in result.metrics.items()
-    }
-
-
 def _chain(hook_caller, **kwargs):
     """Call a chaining hook's implementations in pluggy's call order, threading ``model``."""
     for impl in reversed(hook_caller.get_hookimpls()):
@@ -269,43 +158,9 @@ def execute(
     is ignored): from its last checkpoint when there is one, else from the start. A run whose
     (config, seed) has a checkpoint left by an interrupted run resumes from it automatically.
     """
-    if resume is not None:
-        store = Store(db)
-        previous = store.get_run(resume)
-        if previous is None:
-            raise ForgetbenchError(f"no run with id {resume} in {store.url}")
-        if previous["status"] == "ok":
-            raise ForgetbenchError(f"run {resume} already finished (status ok)")
-        request = request_from_run(previous)
-    if request is None:
-        raise ForgetbenchError("nothing to run: give a request or a run to resume")
-    resolved = resolve(request, registry)  # bad input fails before anything is stored
-    if resume is None:
-        store = Store(db)
-    task, methods = resolved.task, resolved.methods
-    if resume is not None:
-        if resolved.config_hash != previous["config_hash"]:
-            raise ForgetbenchError(
-                f"run {resume}'s stored config no longer resolves to the"
-                " same config (a plugin changed); start a new run instead"
-            )
-        run_id = resume
-        store.reopen_run(run_id, versions=package_versions(resolved.providers), git_sha=git_sha())
-    else:
-        run_id = store.start_run(
-            task=task.metadata.name,
-            task_version=task.metadata.version,
-            methods=method_label(methods, resolved.train, TrainConfig(**type(task).train_defaults)),
-            config=resolved.config,
-            config_hash=resolved.config_hash,
-            seed=request.seed,
-            model=request.prior_model or "stage-0",
-            data_fingerprints={},
-            versions=package_versions(resolved.providers),
-            git_sha=git_sha(),
-        )
+    store, request, resolved, run_id = _open_run(request, db, registry, resume)
     try:
-        _run(request, resolved, store, run_id)
+        Run(request, resolved, store, run_id).execute()
     except KeyboardInterrupt:
         store.fail_run(run_id, "interrupted (SIGINT/SIGTERM)", status="interrupted")
         raise
@@ -315,120 +170,166 @@ def execute(
     return run_id
 
 
-def _run(request: RunRequest, resolved: ResolvedRun, store: Store, run_id: int) -> None:
-    started = time.perf_counter()
-    task, methods, train = resolved.task, resolved.methods, resolved.train
-    hooks = run_plugin_manager(methods).hook
-    engine.seed_everything(request.seed)
-    accelerator = engine.make_accelerator(train)
-    compute = Compute()
-    ctx = RunContext(
-        run_id=run_id,
+def _open_run(
+    request: RunRequest | None, db: str | None, registry: Registry | None, resume: int | None
+) -> tuple[Store, RunRequest, ResolvedRun, int]:
+    """Validate everything, then write (or reopen, for ``resume``) the run row."""
+    if resume is None:
+        if request is None:
+            raise ForgetbenchError("nothing to run: give a request or a run to resume")
+        resolved = resolve(request, registry)  # bad input fails before anything is stored
+        store = Store(db)
+        return store, request, resolved, _start_row(store, request, resolved)
+    store = Store(db)
+    previous = store.get_run(resume)
+    if previous is None:
+        raise ForgetbenchError(f"no run with id {resume} in {store.url}")
+    if previous["status"] == "ok":
+        raise ForgetbenchError(f"run {resume} already finished (status ok)")
+    request = request_from_run(previous)
+    resolved = resolve(request, registry)
+    if resolved.config_hash != previous["config_hash"]:
+        raise ForgetbenchError(
+            f"run {resume}'s stored config no longer resolves to the"
+            " same config (a plugin changed); start a new run instead"
+        )
+    store.reopen_run(resume, versions=package_versions(resolved.providers), git_sha=git_sha())
+    return store, request, resolved, resume
+
+
+def _start_row(store: Store, request: RunRequest, resolved: ResolvedRun) -> int:
+    task = resolved.task
+    meta = task.metadata
+    return store.start_run(
+        task=meta.name,
+        task_version=meta.version,
+        family=meta.family,
+        prior_metric=meta.prior_metric,
+        new_metric=meta.new_metric,
+        methods=method_label(
+            resolved.methods, resolved.train, TrainConfig(**type(task).train_defaults)
+        ),
+        config=resolved.config,
+        config_hash=resolved.config_hash,
         seed=request.seed,
-        device=accelerator.device,
-        task=task,
-        train=train,
-        cache_dir=cache_root(),
-        compute=compute,
-        logger=log,
-        trust_remote_code=request.trust_remote_code,
+        model=request.prior_model or "stage-0",
+        data_fingerprints={},
+        versions=package_versions(resolved.providers),
+        git_sha=git_sha(),
     )
-    data = task.load_data(ctx)
-    store.update_run(run_id, data_fingerprints=data.fingerprints())
-    bundle = task.prepare_prior(ctx, data, request.prior_model)
-    store.update_run(run_id, model=f"{bundle.source}@{bundle.identity[:16]}")
 
-    engine.seed_everything(request.seed)  # the new head's init must not depend on stage-0 work
-    shared = {name for name, _ in bundle.model.named_parameters()}
-    model = task.init_new_task(bundle, data, ctx).to(accelerator.device)
-    new_names = frozenset(name for name, _ in model.named_parameters() if name not in shared)
 
-    def batches(split, batch_size=None, extra=False):
-        """Inference batches over ``split``; ``extra=True`` charges them to extra inference."""
-        counter = Compute() if extra else compute
-        for batch in engine.eval_batches(
-            task,
-            bundle.tokenizer,
-            split,
-            batch_size or train.eval_batch_size,
-            accelerator.device,
-            counter,
-        ):
-            if extra:
-                compute.extra_inference += len(batch["ids"])
-            yield batch
+class Run:
+    """One run as named steps: context, data, prior model, new task, evaluate, set up the
+    methods, fine-tune, finalise, evaluate, store."""
 
-    memo: dict[str, Any] = {}
+    def __init__(self, request: RunRequest, resolved: ResolvedRun, store: Store, run_id: int):
+        self.request, self.resolved, self.store, self.run_id = request, resolved, store, run_id
+        self.task, self.methods = resolved.task, resolved.methods
+        self.hooks = run_plugin_manager(self.methods).hook
 
-    def prior_predictions() -> PriorPredictions:
-        """f0's predictions on prior train, from the shared cache; only valid before training
-        starts (the model is still f0 then), so later first calls are refused."""
-        if "value" not in memo:
-            if memo.get("frozen"):
+    def execute(self) -> None:
+        started = time.perf_counter()
+        ctx = self.make_context()
+        data = self.load_data(ctx)
+        model = self.init_model(ctx, data)
+        before = evaluate_splits(ctx, model, data)
+        model, sampler = self.setup_methods(ctx, model, data)
+        model, curve = self.fine_tune(ctx, model, data, sampler)
+        model = _chain(
+            self.hooks.forgetbench_finalize,
+            ctx=ctx,
+            model=model,
+            evaluate=lambda candidate: flat(evaluate_splits(ctx, candidate, data)),
+        )
+        after = evaluate_splits(ctx, model, data)
+        results, curve = self.diagnostics(
+            ctx, derived_metrics(self.task.metadata, before, after), curve
+        )
+        ctx.compute.wall_seconds = engine.elapsed(started)
+        self.store.finish_run(self.run_id, results, curve, ctx.compute.as_dict())
+        self.checkpointer.clear()
+
+    def make_context(self) -> RunContext:
+        engine.seed_everything(self.request.seed)
+        self.accelerator = engine.make_accelerator(self.resolved.train)
+        return RunContext(
+            run_id=self.run_id,
+            seed=self.request.seed,
+            task=self.task,
+            train=self.resolved.train,
+            device=self.accelerator.device,
+            logger=log,
+            cache_dir=cache_root(),
+            trust_remote_code=self.request.trust_remote_code,
+            accelerator=self.accelerator,
+        )
+
+    def load_data(self, ctx: RunContext) -> TaskData:
+        """The task's splits, refused when one is empty; their fingerprints are stored."""
+        data = self.task.load_data(ctx)
+        for split in data.splits():
+            if len(split) == 0:
                 raise ForgetbenchError(
-                    "prior predictions must be requested before training (in setup or"
-                    " prior_sampler)"
+                    f"task {self.task.metadata.name!r}: split {split.name} is empty"
+                    " (check the task's size settings)"
                 )
-            memo["value"] = engine.prior_predictions(
-                task,
-                bundle.model,
-                bundle.tokenizer,
-                data.prior_train,
-                bundle.identity,
-                train,
-                accelerator.device,
-            )
-        return memo["value"]
+        self.store.update_run(self.run_id, data_fingerprints=data.fingerprints())
+        return data
 
-    ctx = dataclasses.replace(
-        ctx, new_param_names=new_names, batches=batches, prior_predictions=prior_predictions
-    )
-    before = _evaluate(task, model, data, ctx)
-    hooks.forgetbench_setup(ctx=ctx, model=model, data=data)
-    # The sampler comes before any wrapper: the prior cache must see f0 unchanged.
-    sampler = hooks.forgetbench_prior_sampler(ctx=ctx, data=data)
-    memo.setdefault("frozen", True)
-    model = hooks.forgetbench_wrap_model(ctx=ctx, model=model) or model
-    checkpointer = Checkpointer(
-        checkpoint_dir(resolved.config_hash, request.seed),
-        train.checkpoint_every,
-        extra_state=lambda: {
-            "methods": {m.name: m.state_dict() for m in methods},
-            "compute": compute.as_dict(),
-        },
-        load_extra_state=lambda state: _load_extra_state(state, methods, compute),
-        on_save=lambda step: store.heartbeat(run_id),
-    )
-    engine.seed_everything(request.seed)
-    model, curve = engine.train_loop(
-        task,
-        model,
-        bundle.tokenizer,
-        data.new_train,
-        ctx,
-        accelerator,
-        hooks=hooks,
-        sampler=sampler,
-        prior_split=data.prior_train,
-        needs_features=any(m.needs_features for m in methods),
-        label="fine-tuning",
-        checkpointer=checkpointer,
-    )
-    model = _chain(
-        hooks.forgetbench_finalize,
-        ctx=ctx,
-        model=model,
-        evaluate=lambda candidate: _flat(_evaluate(task, candidate, data, ctx)),
-    )
-    after = _evaluate(task, model, data, ctx)
-    results = derived_metrics(task, before, after)
-    for extra in hooks.forgetbench_diagnostics(ctx=ctx):
-        if extra:
-            results += [Metric("run", "derived", k, v) for k, v in extra.get("metrics", {}).items()]
-            curve += list(extra.get("series", []))
-    compute.wall_seconds = engine.elapsed(started)
-    store.finish_run(run_id, results, curve, compute.as_dict())
-    checkpointer.clear()
+    def init_model(self, ctx: RunContext, data: TaskData) -> torch.nn.Module:
+        """f0 plus what the new task adds (seeded with the run seed), on the run's device."""
+        bundle = prepare_prior(self.task, ctx, data, self.request.prior_model)
+        self.store.update_run(self.run_id, model=f"{bundle.source}@{bundle.identity[:16]}")
+        engine.seed_everything(self.request.seed)  # the new head's init must not depend on stage 0
+        shared = {name for name, _ in bundle.model.named_parameters()}
+        model = self.task.init_new_task(ctx, bundle, data).to(self.accelerator.device)
+        new_names = frozenset(n for n, _ in model.named_parameters() if n not in shared)
+        ctx.attach(bundle, new_names, data.prior_train)
+        return model
+
+    def setup_methods(self, ctx: RunContext, model: torch.nn.Module, data: TaskData):
+        """Setup hooks, then the prior sampler (it must see f0 unchanged), then wrappers."""
+        self.hooks.forgetbench_setup(ctx=ctx, model=model, data=data)
+        sampler = self.hooks.forgetbench_prior_sampler(ctx=ctx, data=data)
+        ctx.prior_cache.freeze()
+        model = self.hooks.forgetbench_wrap_model(ctx=ctx, model=model) or model
+        return model, sampler
+
+    def fine_tune(self, ctx: RunContext, model: torch.nn.Module, data: TaskData, sampler):
+        methods, compute = self.methods, ctx.compute
+        self.checkpointer = Checkpointer(
+            checkpoint_dir(self.resolved.config_hash, self.request.seed),
+            ctx.train.checkpoint_every,
+            extra_state=lambda: {
+                "methods": {m.name: m.state_dict() for m in methods},
+                "compute": compute.as_dict(),
+            },
+            load_extra_state=lambda state: _load_extra_state(state, methods, compute),
+            on_save=lambda step: self.store.heartbeat(self.run_id),
+        )
+        engine.seed_everything(self.request.seed)
+        loop = engine.TrainLoop(
+            ctx,
+            self.accelerator,
+            data.new_train,
+            hooks=self.hooks,
+            sampler=sampler,
+            prior_split=data.prior_train,
+            needs_features=any(m.needs_features for m in methods),
+            label="fine-tuning",
+            checkpointer=self.checkpointer,
+        )
+        return loop.run(model)
+
+    def diagnostics(self, ctx: RunContext, results: list[Metric], curve: list):
+        """Append the methods' diagnostics (``run/derived/<name>``) and series."""
+        for extra in self.hooks.forgetbench_diagnostics(ctx=ctx):
+            if extra:
+                metrics = extra.get("metrics", {})
+                results += [Metric("run", "derived", k, v) for k, v in metrics.items()]
+                curve += list(extra.get("series", []))
+        return results, curve
 
 
 def _load_extra_state(state: dict, methods: list[Method], compute: Compute) -> None:

@@ -63,6 +63,10 @@ runs = sa.Table(
     sa.Column("hostname", sa.String(200)),
     sa.Column("pid", sa.Integer),
     sa.Column("compute", sa.JSON),
+    # migration 002: what the leaderboard compares, from the task's metadata
+    sa.Column("family", sa.String(100)),
+    sa.Column("prior_metric", sa.String(200)),
+    sa.Column("new_metric", sa.String(200)),
 )
 
 metrics = sa.Table(
@@ -94,8 +98,29 @@ def _m001_initial(connection: Connection) -> None:
     metadata.create_all(connection, tables=[runs, metrics, series])
 
 
+# The runs columns migration 002 adds, and their value in rows written before it (every task
+# then was single-label classification with accuracy as its main metric).
+RUN_COLUMNS_002 = {
+    "family": "text-classification",
+    "prior_metric": "accuracy",
+    "new_metric": "accuracy",
+}
+
+
+def _m002_main_metrics(connection: Connection) -> None:
+    present = {column["name"] for column in sa.inspect(connection).get_columns("runs")}
+    for name in RUN_COLUMNS_002:
+        if name not in present:  # a store created after this change has them from 001
+            column = runs.c[name]
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.execute(sa.text(f"ALTER TABLE runs ADD COLUMN {name} {kind}"))
+    for name, value in RUN_COLUMNS_002.items():
+        connection.execute(runs.update().where(runs.c[name].is_(None)).values({name: value}))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
+    ("002_main_metrics", _m002_main_metrics),
 ]
 
 
@@ -372,6 +397,19 @@ class Store:
             rows = connection.execute(sa.select(metrics).where(metrics.c.run_id.in_(ids)))
             for row in rows:
                 result[row.run_id][f"{row.split}/{row.stage}/{row.name}"] = row.value
+        return result
+
+    def get_directions(self, run_ids: Iterable[int]) -> dict[int, dict[str, bool]]:
+        """{run_id: {"split/stage/name": higher_is_better}} as each run stored it."""
+        ids = list(run_ids)
+        result: dict[int, dict[str, bool]] = {run_id: {} for run_id in ids}
+        if not ids:
+            return result
+        query = sa.select(metrics).where(metrics.c.run_id.in_(ids))
+        with self.engine.connect() as connection:
+            for row in connection.execute(query):
+                key = f"{row.split}/{row.stage}/{row.name}"
+                result[row.run_id][key] = bool(row.higher_is_better)
         return result
 
     def get_series(self, run_id: int, name: str | None = None) -> list[tuple[str, int, float]]:

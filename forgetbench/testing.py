@@ -1,38 +1,57 @@
 """Mock tasks for tests: tiny models built from configs and tiny data built in code.
 
-``TinyTextTask`` is a complete two-stage text-classification scenario that runs in seconds on
-a CPU with no files: token-id "sentences", a 2-layer BERT built from a config, and planted
-rules (each label has a marker token placed three times in the sentence). Plugin
-authors can use it to test a method end to end through the real engine and store.
+Built only on the public API (``forgetbench.api``), as a third party's task would be, so plugin
+authors can test a method end to end through the real engine and store in seconds:
+
+- ``tiny`` (:class:`TinyTextTask`): classification. Token-id "sentences", a 2-layer BERT, one
+  head per task, planted rules (each label's marker token appears three times).
+- ``tiny-qa`` (:class:`TinyQATask`): span extraction. The question is one marker token; the
+  answer is the 3-token span right after that marker in the context. Main metric ``f1``
+  (token overlap), so the leaderboard and Pareto marks are exercised on a metric other than
+  accuracy.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
 
-from forgetbench import engine
-from forgetbench.api import ModelBundle, RunContext, Split, TaskData, TaskMetadata
+from forgetbench.api import (
+    EvalResult,
+    ModelBundle,
+    PerSample,
+    RunContext,
+    Split,
+    Stage0Spec,
+    Task,
+    TaskData,
+    TaskMetadata,
+    TrainConfig,
+    check,
+)
 from forgetbench.cache import hash_json
-from forgetbench.config import TrainConfig, check, config_dict
+from forgetbench.config import config_dict
 from forgetbench.registry import Registry, get_registry
-from forgetbench_tasks.text_classification import ClassificationTask, EncoderClassifier
 
 VOCAB = 64
 PAD = 0
+CLS = 1
+FILLER = (20, VOCAB)  # tokens that carry no label
 
 
-def tiny_encoder(hidden: int = 32, layers: int = 2, seed: int = 0):
-    """A randomly initialised BertModel small enough for unit tests."""
-    from transformers import BertConfig, BertModel
+def tiny_bert_config(hidden: int = 32, layers: int = 2):
+    from transformers import BertConfig
 
-    torch.manual_seed(seed)
-    config = BertConfig(
+    return BertConfig(
         vocab_size=VOCAB,
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -41,32 +60,51 @@ def tiny_encoder(hidden: int = 32, layers: int = 2, seed: int = 0):
         max_position_embeddings=64,
         pad_token_id=PAD,
     )
-    return BertModel(config, add_pooling_layer=False)
 
 
-def _make_examples(count: int, source: str, classes: int, seed: int, offset: int) -> list[dict]:
-    """Random token sequences with the label's marker token at three positions. Prior markers
-    are tokens 2, 3, ..., new-task markers start at 10; filler tokens are 20..63."""
+def tiny_encoder(hidden: int = 32, layers: int = 2, seed: int = 0):
+    """A randomly initialised BertModel small enough for unit tests."""
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    return BertModel(tiny_bert_config(hidden, layers), add_pooling_layer=False)
+
+
+def pad_tokens(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` [B, T] and ``attention_mask`` [B, T]."""
+    width = max(len(tokens) for tokens in sequences)
+    ids = torch.full((len(sequences), width), PAD, dtype=torch.long)
+    for row, tokens in enumerate(sequences):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+    return ids, (ids != PAD).long()
+
+
+def mean_taps(hidden_states, mask: torch.Tensor) -> list[torch.Tensor]:
+    """Mask-averaged hidden states of the embedding output and every layer, each [B, D]."""
+    weights = mask.unsqueeze(-1).float()
+    return [(h * weights).sum(1) / weights.sum(1).clamp(min=1.0) for h in hidden_states]
+
+
+def _planted_rows(count: int, marker_base: int, classes: int, seed: int) -> list[dict]:
+    """Random filler sequences with the label's marker token at three positions."""
     rng = np.random.default_rng(seed)
-    base = 2 if source == "prior" else 2 + 8
-    examples = []
-    for index in range(count):
+    rows = []
+    for _ in range(count):
         length = int(rng.integers(6, 16))
-        tokens = rng.integers(20, VOCAB, size=length)
+        tokens = rng.integers(*FILLER, size=length)
         label = int(rng.integers(classes))
-        positions = rng.choice(length, size=3, replace=False)
-        tokens[positions] = base + label
-        aux = int(rng.integers(3))
-        examples.append(
-            {
-                "id": offset + index,
-                "tokens": [1, *tokens.tolist()],
-                "label": label,
-                "source": source,
-                "aux": aux,
-            }
+        tokens[rng.choice(length, size=3, replace=False)] = marker_base + label
+        rows.append(
+            {"tokens": [CLS, *tokens.tolist()], "label": label, "aux": int(rng.integers(3))}
         )
-    return examples
+    return rows
+
+
+def _splits(rows: list[dict], train_size: int, source: str, offset: int) -> tuple[Split, Split]:
+    examples = [{"id": offset + i, **row, "source": source} for i, row in enumerate(rows)]
+    return Split(f"{source}_train", examples[:train_size]), Split(
+        f"{source}_eval", examples[train_size:]
+    )
 
 
 @dataclass
@@ -85,17 +123,24 @@ class TinyConfig:
         check(self.stage0_steps >= 0, "stage0_steps must be >= 0")
 
 
-_STAGE0: dict[str, EncoderClassifier] = {}
+class TinyClassifier(nn.Module):
+    """A tiny BERT, mean pooling and one linear head per task."""
+
+    def __init__(self, encoder: nn.Module, heads: dict[str, int]):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(0.1)
+        width = encoder.config.hidden_size
+        self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in heads.items()})
 
 
-class TinyTextTask(ClassificationTask):
+class TinyTextTask(Task):
     """A mock text-classification scenario (tiny BERT, token ids, planted rules)."""
 
     metadata = TaskMetadata(
         name="tiny",
         family="text-classification",
-        description="mock task for tests",
-        version="1",
+        description="mock classification task for tests",
         offline=True,
     )
     Config = TinyConfig
@@ -106,56 +151,238 @@ class TinyTextTask(ClassificationTask):
         "eval_batch_size": 64,
     }
 
-    @property
-    def stage0(self) -> TrainConfig:
-        return TrainConfig(steps=self.config.stage0_steps, batch_size=16, lr=3e-3)
-
     def load_data(self, ctx: RunContext) -> TaskData:
         c = self.config
-        prior = _make_examples(
-            c.prior_train_size + c.prior_eval_size, "prior", c.prior_classes, seed=1, offset=0
-        )
-        new = _make_examples(
-            c.new_train_size + c.new_eval_size, "new", c.new_classes, seed=2, offset=100_000
-        )
-        prior_train = Split("prior_train", prior[: c.prior_train_size])
+        prior = _planted_rows(c.prior_train_size + c.prior_eval_size, 2, c.prior_classes, seed=1)
+        new = _planted_rows(c.new_train_size + c.new_eval_size, 10, c.new_classes, seed=2)
         return TaskData(
-            prior_train,
-            Split("prior_eval", prior[c.prior_train_size :]),
-            Split("new_train", new[: c.new_train_size]),
-            Split("new_eval", new[c.new_train_size :]),
-            prior_aux=prior_train.column("aux"),
+            *_splits(prior, c.prior_train_size, "prior", 0),
+            *_splits(new, c.new_train_size, "new", 100_000),
             info={"prior_labels": c.prior_classes, "new_labels": c.new_classes},
         )
 
-    def prepare_prior(self, ctx: RunContext, data: TaskData, prior_model) -> ModelBundle:
-        identity = hash_json({"tiny": config_dict(self.config)})
-        if identity not in _STAGE0:  # stage 0 is deterministic: train it once per process
-            model = EncoderClassifier(
-                tiny_encoder(self.config.hidden), {"prior": self.config.prior_classes}
-            )
-            if self.stage0.steps:
-                model = engine.train_stage0(self, model, None, data.prior_train, ctx)
-            _STAGE0[identity] = model.cpu()
-        return ModelBundle(copy.deepcopy(_STAGE0[identity]), None, identity, "tiny")
+    def partitions(self, data: TaskData) -> dict[str, np.ndarray]:
+        return {"label": data.prior_train.column("label"), "aux": data.prior_train.column("aux")}
 
-    def collate(self, examples: Sequence[dict[str, Any]], tokenizer) -> dict:
-        width = max(len(e["tokens"]) for e in examples)
-        ids = torch.full((len(examples), width), PAD, dtype=torch.long)
-        for row, example in enumerate(examples):
-            ids[row, : len(example["tokens"])] = torch.tensor(example["tokens"])
+    @property
+    def stage0(self) -> Stage0Spec:
+        train = TrainConfig(steps=self.config.stage0_steps, batch_size=16, lr=3e-3)
+        return Stage0Spec(train=train, base="tiny-bert", key={"hidden": self.config.hidden})
+
+    def build_prior(self, ctx: RunContext, data: TaskData) -> ModelBundle:
+        heads = {"prior": self.config.prior_classes}
+        return ModelBundle(TinyClassifier(tiny_encoder(self.config.hidden), heads), None)
+
+    def save_bundle(self, bundle: ModelBundle, directory: Path) -> None:
+        save_file(dict(bundle.model.state_dict()), str(directory / "model.safetensors"))
+        (directory / "bundle.json").write_text(json.dumps(config_dict(self.config)))
+
+    def load_bundle(self, directory: Path) -> ModelBundle:
+        model = self.build_prior(None, None).model
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        return ModelBundle(model, None, hash_json({"tiny": config_dict(self.config)}), "tiny")
+
+    def init_new_task(self, ctx: RunContext, bundle: ModelBundle, data: TaskData) -> nn.Module:
+        bundle.model.heads["new"] = nn.Linear(self.config.hidden, self.config.new_classes)
+        return bundle.model
+
+    def collate(self, bundle: ModelBundle, examples: Sequence[dict[str, Any]]) -> dict:
+        ids, mask = pad_tokens([e["tokens"] for e in examples])
         return {
             "input_ids": ids,
-            "attention_mask": (ids != PAD).long(),
+            "attention_mask": mask,
             "labels": torch.tensor([e["label"] for e in examples]),
+            "prior_head": torch.tensor([e["source"] == "prior" for e in examples]),
         }
+
+    def forward(self, model, inputs, with_features: bool = False) -> PerSample:
+        output = model.encoder(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            output_hidden_states=True,
+        )
+        taps = mean_taps(output.hidden_states, inputs["attention_mask"])
+        pooled = model.dropout(taps[-1])
+        size = pooled.shape[0]
+        loss, confidence = pooled.new_zeros(size), pooled.new_zeros(size)
+        success = torch.zeros(size, dtype=torch.bool, device=pooled.device)
+        for head, is_prior in (("prior", True), ("new", False)):
+            rows = (inputs["prior_head"] == is_prior).nonzero().squeeze(1)
+            if rows.numel():
+                logits = model.heads[head](pooled[rows]).float()
+                labels = inputs["labels"][rows]
+                probability, prediction = logits.softmax(-1).max(-1)
+                loss = loss.index_copy(0, rows, F.cross_entropy(logits, labels, reduction="none"))
+                confidence = confidence.index_copy(0, rows, probability)
+                success = success.index_copy(0, rows, prediction == labels)
+        return PerSample(loss, success, confidence, taps if with_features else None)
+
+    def lora_target_modules(self, model: nn.Module) -> list[str]:
+        return ["query", "value"]
+
+    def feature_taps(self) -> str:
+        return "mask-averaged hidden states of the embedding output and each layer"
+
+
+# -- span extraction ---------------------------------------------------------------------------
+
+SPAN = 3  # answer length in tokens
+
+
+def _qa_rows(count: int, markers: range, seed: int) -> list[dict]:
+    """Question = a marker token; context = filler with the marker planted once, followed by a
+    3-token answer span. Start/end are positions in the model input ``[CLS, q, context...]``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(count):
+        marker = int(rng.choice(markers))
+        context = rng.integers(*FILLER, size=int(rng.integers(8, 20))).tolist()
+        at = int(rng.integers(0, len(context) - SPAN))
+        context[at] = marker
+        start = 2 + at + 1
+        rows.append({"tokens": [CLS, marker, *context], "start": start, "end": start + SPAN - 1})
+    return rows
+
+
+def span_f1(predicted: tuple[int, int], gold: tuple[int, int]) -> float:
+    """Token-overlap F1 of two inclusive spans (0 for an empty or reversed prediction)."""
+    (ps, pe), (gs, ge) = predicted, gold
+    overlap = max(0, min(pe, ge) - max(ps, gs) + 1)
+    if pe < ps or overlap == 0:
+        return 0.0
+    precision, recall = overlap / (pe - ps + 1), overlap / (ge - gs + 1)
+    return 2 * precision * recall / (precision + recall)
+
+
+@dataclass
+class TinyQAConfig:
+    prior_train_size: int = 256
+    prior_eval_size: int = 96
+    new_train_size: int = 256
+    new_eval_size: int = 96
+    stage0_steps: int = 60
+    hidden: int = 32
+
+    def __post_init__(self):
+        check(self.stage0_steps >= 1, "stage0_steps must be >= 1")
+
+
+class TinyQATask(Task):
+    """A mock extractive-QA scenario: prior markers 2-5, new markers 10-13, one shared span head."""
+
+    metadata = TaskMetadata(
+        name="tiny-qa",
+        family="qa",
+        description="mock span-extraction task for tests",
+        prior_metric="f1",
+        new_metric="f1",
+        offline=True,
+    )
+    Config = TinyQAConfig
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "steps": 20,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "eval_batch_size": 64,
+    }
+
+    def load_data(self, ctx: RunContext) -> TaskData:
+        c = self.config
+        prior = _qa_rows(c.prior_train_size + c.prior_eval_size, range(2, 6), seed=3)
+        new = _qa_rows(c.new_train_size + c.new_eval_size, range(10, 14), seed=4)
+        return TaskData(
+            *_splits(prior, c.prior_train_size, "prior", 0),
+            *_splits(new, c.new_train_size, "new", 100_000),
+        )
+
+    def partitions(self, data: TaskData) -> dict[str, np.ndarray]:
+        return {"marker": np.asarray([e["tokens"][1] for e in data.prior_train.examples])}
+
+    @property
+    def stage0(self) -> Stage0Spec:
+        train = TrainConfig(steps=self.config.stage0_steps, batch_size=16, lr=3e-3)
+        return Stage0Spec(train=train, base="tiny-bert-qa", key={"hidden": self.config.hidden})
+
+    def build_prior(self, ctx: RunContext, data: TaskData) -> ModelBundle:
+        from transformers import BertForQuestionAnswering
+
+        return ModelBundle(BertForQuestionAnswering(tiny_bert_config(self.config.hidden)), None)
+
+    def save_bundle(self, bundle: ModelBundle, directory: Path) -> None:
+        bundle.model.save_pretrained(directory / "model", safe_serialization=True)
+        (directory / "bundle.json").write_text(json.dumps(config_dict(self.config)))
+
+    def load_bundle(self, directory: Path) -> ModelBundle:
+        from transformers import BertForQuestionAnswering
+
+        model = BertForQuestionAnswering.from_pretrained(directory / "model", use_safetensors=True)
+        return ModelBundle(model, None, hash_json({"tiny-qa": config_dict(self.config)}), "tiny-qa")
+
+    def collate(self, bundle: ModelBundle, examples: Sequence[dict[str, Any]]) -> dict:
+        ids, mask = pad_tokens([e["tokens"] for e in examples])
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "start_positions": torch.tensor([e["start"] for e in examples]),
+            "end_positions": torch.tensor([e["end"] for e in examples]),
+        }
+
+    def logits(self, model, inputs, with_features: bool = False):
+        """Start and end logits [B, T] with padding masked out, and the model's output."""
+        output = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            output_hidden_states=with_features,
+        )
+        masked = (1 - inputs["attention_mask"]).bool()
+        starts = output.start_logits.float().masked_fill(masked, -1e4)
+        return starts, output.end_logits.float().masked_fill(masked, -1e4), output
+
+    def forward(self, model, inputs, with_features: bool = False) -> PerSample:
+        starts, ends, output = self.logits(model, inputs, with_features)
+        gold_start, gold_end = inputs["start_positions"], inputs["end_positions"]
+        loss = (
+            F.cross_entropy(starts, gold_start, reduction="none")
+            + F.cross_entropy(ends, gold_end, reduction="none")
+        ) / 2
+        p_start, start = starts.softmax(-1).max(-1)
+        p_end, end = ends.softmax(-1).max(-1)
+        success = (start == gold_start) & (end == gold_end)
+        taps = mean_taps(output.hidden_states, inputs["attention_mask"]) if with_features else None
+        return PerSample(loss, success, p_start * p_end, taps)
+
+    def evaluate(self, ctx: RunContext, model: nn.Module, split: Split) -> EvalResult:
+        """Exact match (the predicted span is the gold one) and token-overlap F1."""
+        f1, success, losses = [], [], []
+        for batch in ctx.batches(split):
+            starts, ends, _ = self.logits(model, batch.inputs)
+            gold_start, gold_end = batch.inputs["start_positions"], batch.inputs["end_positions"]
+            loss = F.cross_entropy(starts, gold_start, reduction="none") + F.cross_entropy(
+                ends, gold_end, reduction="none"
+            )
+            losses.append((loss / 2).cpu())
+            spans = zip(starts.argmax(-1).tolist(), ends.argmax(-1).tolist(), strict=True)
+            golds = zip(gold_start.tolist(), gold_end.tolist(), strict=True)
+            for span, gold in zip(spans, golds, strict=True):
+                f1.append(span_f1(span, gold))
+                success.append(span == gold)
+        metrics = {
+            "exact_match": float(np.mean(success)),
+            "f1": float(np.mean(f1)),
+            "loss": float(torch.cat(losses).mean()),
+        }
+        return EvalResult(metrics, np.asarray(success), np.asarray(f1))
+
+    def lora_target_modules(self, model: nn.Module) -> list[str]:
+        return ["query", "value"]
 
 
 def registry_with(*extra_methods: type, tasks: tuple[type, ...] = ()) -> Registry:
-    """The installed registry plus the tiny task and any extra method/task classes."""
+    """The installed registry plus the mock tasks and any extra method/task classes."""
     installed = get_registry()
     registry = Registry(dict(installed.methods), dict(installed.tasks), list(installed.problems))
-    registry.add_task(TinyTextTask, "forgetbench.testing")
+    for cls in (TinyTextTask, TinyQATask):
+        registry.add_task(cls, "forgetbench.testing")
     for cls in tasks:
         registry.add_task(cls, "test")
     for cls in extra_methods:

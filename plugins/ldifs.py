@@ -73,13 +73,12 @@ class Ldifs(Method):
 
     def prior_features(self, ctx, batch) -> list[torch.Tensor]:
         """phi0 of every sample of ``batch``: one [B, D_l] tensor per tap, on the batch's device."""
-        keys = list(zip(batch["is_prior"].tolist(), batch["index"].tolist(), strict=True))
+        keys = list(zip(batch.is_prior.tolist(), batch.index.tolist(), strict=True))
         if all(key in self.cache for key in keys):
             rows = torch.stack([self.cache[key] for key in keys])
-            return list(rows.to(batch["index"].device).split(self.widths, dim=1))
+            return list(rows.to(batch.index.device).split(self.widths, dim=1))
         with torch.inference_mode():
-            taps = ctx.task.forward(self.frozen, batch, with_features=True).features
-        ctx.compute.extra_inference += len(keys)
+            taps = ctx.forward(self.frozen, batch, with_features=True, extra=True).features
         taps = [tap.float().clone() for tap in taps]  # clone leaves inference mode
         self.widths = [tap.shape[1] for tap in taps]
         self._remember(keys, torch.cat(taps, dim=1).cpu())

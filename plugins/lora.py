@@ -5,10 +5,9 @@ The prior model's weights stay frozen; rank-``r`` adapters ``B A`` (scaled by ``
 are added to the target modules, and the new task's fresh head trains in full.
 
 Defaults:
-- ``r=8`` and, for BERT-family encoders, adapters on the attention ``query`` and ``value``
-  projections: the paper's RoBERTa/DeBERTa GLUE setting (W_q and W_v, r=8). Other model types
-  get peft's own per-architecture table (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``,
-  which also says query/value for BERT); ``--set lora.target_modules=a,b`` overrides both.
+- ``r=8``; the adapted modules are the task family's choice (``Task.lora_target_modules``:
+  the attention ``query`` and ``value`` projections of BERT-family encoders, the paper's
+  RoBERTa/DeBERTa GLUE setting, W_q and W_v); ``--set lora.target_modules=a,b`` overrides it.
 - ``lora_alpha = 2r``: the design's choice (a common rule of thumb, not from the paper, which
   sets alpha to the first r it tries and leaves it there).
 - ``dropout=0.1`` on the adapter input: the design's choice (peft's default is 0; the paper's
@@ -17,9 +16,8 @@ Defaults:
   (``merge_and_unload``) so the run ends with a plain model, which ``wise-ft`` needs. This
   finalizer runs first (``tryfirst``) for that reason.
 
-peft injects the adapters into the model in place; ``EncoderClassifier``'s ``encoder``,
-``heads`` and ``pooling`` stay reachable through the wrapper, so the task's ``forward`` is
-unchanged.
+peft injects the adapters into the model in place and the wrapper forwards attribute access
+to the wrapped model, so the task's ``forward`` is unchanged.
 """
 
 from __future__ import annotations
@@ -41,7 +39,7 @@ class LoraMethodConfig:
     dropout: float = field(default=0.1, metadata={"help": "dropout on the adapter input"})
     target_modules: tuple[str, ...] | None = field(
         default=None,
-        metadata={"help": "module name suffixes to adapt (None: per model type)"},
+        metadata={"help": "module name suffixes to adapt (None: the task family's)"},
     )
     merge: bool = field(
         default=True, metadata={"help": "merge the adapters into the weights after training"}
@@ -59,20 +57,15 @@ class LoraMethodConfig:
             check(len(self.target_modules) > 0, "target_modules must name at least one module")
 
 
-def default_target_modules(model) -> list[str]:
-    """Adapter targets for the model's encoder type, from peft's per-architecture table."""
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
-
-    encoder_config = getattr(getattr(model, "encoder", None), "config", None)
-    model_type = getattr(encoder_config, "model_type", None)
-    if model_type in TARGETS:
-        return list(TARGETS[model_type])
-    if model_type and "bert" in model_type:  # BERT derivatives peft does not list
-        return ["query", "value"]
-    raise ForgetbenchError(
-        f"lora: no default target modules for model type {model_type!r};"
-        " name them with --set lora.target_modules=NAME,NAME"
-    )
+def target_modules(ctx, model, configured: tuple[str, ...] | None) -> list[str]:
+    """The configured targets, else the task family's default."""
+    targets = configured or ctx.task.lora_target_modules(model)
+    if not targets:
+        raise ForgetbenchError(
+            f"lora: task {ctx.task.metadata.name!r} names no default target modules;"
+            " name them with --set lora.target_modules=NAME,NAME"
+        )
+    return list(targets)
 
 
 class Lora(Method):
@@ -85,7 +78,7 @@ class Lora(Method):
         from peft import LoraConfig, get_peft_model
 
         config = self.config
-        targets = list(config.target_modules or default_target_modules(model))
+        targets = target_modules(ctx, model, config.target_modules)
         peft_config = LoraConfig(
             r=config.r,
             lora_alpha=config.lora_alpha or 2 * config.r,

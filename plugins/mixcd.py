@@ -6,9 +6,10 @@ rehearsal, but draws them from the estimated distribution of CD samples:
 
 - Candidate pool: prior-train samples f0 got right (read from the shared prior cache), with
   ``conf_threshold`` only those f0 got right with confidence >= threshold.
-- Partitions: each scheme maps a sample to a bin: ``label``, ``loss`` / ``confidence``
-  (quantile bins of f0's loss / confidence over the pool, ``bins`` each), ``aux`` (bins the
-  task provides, e.g. MNLI genre). Several schemes combine ``joint`` (Cartesian cells) or
+- Partitions: each scheme maps a sample to a bin: ``loss`` / ``confidence`` (quantile bins of
+  f0's loss / confidence over the pool, ``bins`` each), or any scheme the task names in
+  ``Task.partitions`` (``label`` for classification, ``genre`` for MNLI, ``question_type`` for
+  QA, ...). Several schemes combine ``joint`` (Cartesian cells) or
   ``factorised``: alpha(a, b, ...) = alpha_bar * prod_s alpha_s / alpha_bar, exact under
   conditional independence, and needing far fewer observations per bin.
 - Estimator: the rehearsed samples are forwarded anyway; their correctness updates per-bin
@@ -31,15 +32,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from forgetbench.api import Method, PriorSampler, Split
 from forgetbench.config import check
-from forgetbench.errors import ForgetbenchError
+from forgetbench.errors import ForgetbenchError, did_you_mean
 from forgetbench.hookspecs import hookimpl
-from forgetbench.rehearsal import RehearsalMonitor
+from forgetbench.rehearsal import REHEARSAL_COLUMNS, RehearsalMonitor
 
-SCHEMES = ("label", "loss", "confidence", "aux")
+# Schemes mix-cd computes itself from the prior cache; the task names the others.
+OWN_SCHEMES = ("loss", "confidence")
 
 
 def quantile_bins(values: np.ndarray, bins: int) -> np.ndarray:
@@ -148,29 +149,27 @@ class CollateralDamageSampler(PriorSampler):
 def build_cells(
     schemes: tuple[str, ...],
     bins: int,
-    labels: np.ndarray,
     loss: np.ndarray,
     confidence: np.ndarray,
-    aux: np.ndarray | None,
+    task_schemes: dict[str, np.ndarray],
     pool: np.ndarray,
 ):
     """Cells of the candidate pool. Returns (cell per pool sample, [S, K] scheme codes per
-    cell, bins per scheme)."""
+    cell, bins per scheme). ``task_schemes`` are the task's named partitions (a bin per
+    prior-train example)."""
     per_scheme, sizes = [], []
     for scheme in schemes:
-        if scheme == "label":
-            codes, size = dense_codes(labels[pool])
-        elif scheme == "loss":
+        if scheme == "loss":
             codes, size = quantile_bins(loss[pool], bins), bins
         elif scheme == "confidence":
             codes, size = quantile_bins(confidence[pool], bins), bins
+        elif scheme in task_schemes:
+            codes, size = dense_codes(np.asarray(task_schemes[scheme])[pool])
         else:
-            if aux is None:
-                raise ForgetbenchError(
-                    "mixcd partition 'aux' needs a task that provides"
-                    " auxiliary bins (this task has none)"
-                )
-            codes, size = dense_codes(np.asarray(aux)[pool])
+            available = [*OWN_SCHEMES, *task_schemes]
+            raise ForgetbenchError(
+                f"mixcd: this task has no partition {scheme!r}" + did_you_mean(scheme, available)
+            )
         per_scheme.append(codes)
         sizes.append(size)
     stacked = np.stack(per_scheme)  # [S, pool]
@@ -184,7 +183,8 @@ def build_cells(
 class MixCDConfig:
     mix_ratio: float = field(default=0.25, metadata={"help": "share of each batch rehearsed"})
     partitions: tuple[str, ...] = field(
-        default=("label", "confidence"), metadata={"help": "label, loss, confidence, aux"}
+        default=("label", "confidence"),
+        metadata={"help": "loss, confidence, or the task's partitions (label, genre, ...)"},
     )
     combine: str = field(default="factorised", metadata={"help": "joint | factorised"})
     bins: int = field(default=4, metadata={"help": "quantile bins for loss / confidence"})
@@ -200,10 +200,9 @@ class MixCDConfig:
     def __post_init__(self):
         check(0.0 < self.mix_ratio < 1.0, f"mix_ratio must be in (0, 1), got {self.mix_ratio}")
         check(len(self.partitions) >= 1, "partitions needs at least one scheme")
+        self.partitions = tuple(self.partitions)
         for scheme in self.partitions:
-            check(
-                scheme in SCHEMES, f"partitions: unknown scheme {scheme!r} (choose from {SCHEMES})"
-            )
+            check(scheme.isidentifier(), f"partitions: {scheme!r} is not a scheme name")
         check(len(set(self.partitions)) == len(self.partitions), "partitions repeat a scheme")
         check(
             self.combine in ("joint", "factorised"),
@@ -227,6 +226,7 @@ class MixCD(Method):
     name = "mixcd"
     description = "rehearsal drawn where collateral damage is (partitioned CD-rate estimates)"
     Config = MixCDConfig
+    columns = REHEARSAL_COLUMNS
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -242,7 +242,7 @@ class MixCD(Method):
         # The prior cache is one inference pass of f0 over the prior train set, charged to
         # every mix-cd run (it is cached on disk and shared, but it is this method's cost).
         ctx.compute.extra_inference += len(data.prior_train)
-        keep = predictions.correct.copy()
+        keep = predictions.success.copy()
         if config.conf_threshold is not None:
             keep &= predictions.confidence >= config.conf_threshold
         pool = np.flatnonzero(keep)
@@ -254,7 +254,6 @@ class MixCD(Method):
         cells, scheme_codes, sizes = build_cells(
             config.partitions,
             config.bins,
-            predictions.labels,
             predictions.loss,
             predictions.confidence,
             ctx.task.partitions(data),
@@ -266,7 +265,7 @@ class MixCD(Method):
             scheme_codes, sizes, config.combine == "factorised", config.decay
         )
         self.sampler = CollateralDamageSampler(config.mix_ratio, cell_of, estimator)
-        self.monitor = RehearsalMonitor(predictions.correct)
+        self.monitor = RehearsalMonitor(predictions.success)
         self.pool_size = len(pool)
         self.prior_split = data.prior_train
         self._snapshot(0)
@@ -288,14 +287,9 @@ class MixCD(Method):
         """Counted extra inference on a uniform sample of the pool: unbiased CD observations."""
         rng = ctx.generator(f"mixcd-probe-{step}")
         index = rng.choice(self.sampler.members, size=self.config.probe_size)
-        probe = Split("probe", [self.prior_split[int(i)] for i in index])
-        model.eval()
-        correct = []
-        with torch.inference_mode():
-            for batch in ctx.batches(probe, extra=True):
-                correct.append(ctx.task.forward(model, batch).correct.cpu().numpy())
-        model.train()
-        self.sampler.estimator.update(self.sampler.cell_of[index], ~np.concatenate(correct))
+        probe = Split("prior_probe", [self.prior_split[int(i)] for i in index])
+        success = ctx.predict(model, probe, extra=True).success.numpy().astype(bool)
+        self.sampler.estimator.update(self.sampler.cell_of[index], ~success)
 
     def _snapshot(self, step: int) -> None:
         estimator = self.sampler.estimator

@@ -15,7 +15,7 @@ import numpy as np
 from forgetbench.api import Method, PriorSampler
 from forgetbench.config import check
 from forgetbench.hookspecs import hookimpl
-from forgetbench.rehearsal import RehearsalMonitor
+from forgetbench.rehearsal import REHEARSAL_COLUMNS, RehearsalMonitor
 
 
 class UniformPriorSampler(PriorSampler):
@@ -41,6 +41,7 @@ class RandomMixing(Method):
     name = "random"
     description = "rehearsal: mix uniformly drawn prior samples into every batch"
     Config = RandomConfig
+    columns = REHEARSAL_COLUMNS
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -48,7 +49,7 @@ class RandomMixing(Method):
 
     @hookimpl
     def forgetbench_prior_sampler(self, ctx, data):
-        self.monitor = RehearsalMonitor(ctx.prior_predictions().correct)
+        self.monitor = RehearsalMonitor(ctx.prior_predictions().success)
         return UniformPriorSampler(self.config.mix_ratio, len(data.prior_train))
 
     @hookimpl

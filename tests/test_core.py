@@ -10,10 +10,10 @@ from forgetbench import hookspecs
 from forgetbench.api import EvalResult, Method, PriorSampler, TaskMetadata
 from forgetbench.config import TrainConfig, build_config, parse_set, split_overrides
 from forgetbench.errors import ForgetbenchError
+from forgetbench.evaluation import derived_metrics
 from forgetbench.hookspecs import hookimpl
 from forgetbench.registry import Registry, get_registry, plugin_manager, run_plugin_manager
 from forgetbench.report import leaderboard
-from forgetbench.runner import derived_metrics
 from forgetbench.store import Metric, Store
 
 
@@ -138,20 +138,20 @@ def test_every_hookspec_is_documented():
         assert f"### {name}(" in text, f"{name} is not documented in docs/hooks.md"
 
 
-class FakeTask:
-    metadata = TaskMetadata(name="fake", family="text-classification", description="")
+FAKE = TaskMetadata(name="fake", family="text-classification", description="")
+NEW_EVAL = np.array([0, 1], bool)
 
 
 def test_derived_metrics_by_hand():
     before = {
         "prior": EvalResult({"accuracy": 0.8, "loss": 0.5}, np.array([1, 1, 1, 0], bool)),
-        "new": EvalResult({"accuracy": 0.1, "loss": 3.0}),
+        "new": EvalResult({"accuracy": 0.1, "loss": 3.0}, NEW_EVAL),
     }
     after = {
         "prior": EvalResult({"accuracy": 0.6, "loss": 0.9}, np.array([1, 0, 0, 1], bool)),
-        "new": EvalResult({"accuracy": 0.9, "loss": 0.2}),
+        "new": EvalResult({"accuracy": 0.9, "loss": 0.2}, NEW_EVAL),
     }
-    rows = {(m.split, m.stage, m.name): m for m in derived_metrics(FakeTask(), before, after)}
+    rows = {(m.split, m.stage, m.name): m for m in derived_metrics(FAKE, before, after)}
     assert rows["prior", "derived", "forgetting"].value == pytest.approx(0.2)
     assert rows["new", "derived", "gain"].value == pytest.approx(0.8)
     # two of four prior eval examples were right before and wrong after
@@ -160,10 +160,43 @@ def test_derived_metrics_by_hand():
     assert rows["prior", "after", "accuracy"].higher_is_better is True
 
 
-def _store_run(store, methods, seed, prior, new, config_hash=None, ok=True):
+def test_derived_metrics_follow_the_tasks_main_metrics_and_directions():
+    """A family whose prior metric is lower-is-better (an error rate) and whose new metric is
+    F1: forgetting is the rise of the error, gain the rise of F1, in their own units."""
+    meta = TaskMetadata(
+        name="mt",
+        family="translation",
+        description="",
+        prior_metric="ter",
+        new_metric="f1",
+        lower_is_better=frozenset({"ter", "loss"}),
+    )
+    prior = np.array([1, 1, 0], bool)
+    before = {"prior": EvalResult({"ter": 0.30}, prior), "new": EvalResult({"f1": 0.2}, NEW_EVAL)}
+    after = {"prior": EvalResult({"ter": 0.45}, prior), "new": EvalResult({"f1": 0.5}, NEW_EVAL)}
+    rows = {(m.split, m.stage, m.name): m for m in derived_metrics(meta, before, after)}
+    assert rows["prior", "derived", "forgetting"].value == pytest.approx(0.15)
+    assert rows["new", "derived", "gain"].value == pytest.approx(0.3)
+    assert rows["prior", "after", "ter"].higher_is_better is False
+    assert rows["prior", "derived", "cd_rate"].value == 0.0
+
+
+def test_a_main_metric_the_task_does_not_report_is_a_clear_error():
+    meta = dataclasses.replace(FAKE, prior_metric="f1")
+    result = {"prior": EvalResult({"accuracy": 0.5}, NEW_EVAL), "new": EvalResult({}, NEW_EVAL)}
+    with pytest.raises(ForgetbenchError, match="main metric 'f1' is not among its prior metrics"):
+        derived_metrics(meta, result, result)
+
+
+def _store_run(
+    store, methods, seed, prior, new, config_hash=None, ok=True, metric="accuracy", higher=True
+):
     run_id = store.start_run(
         task="fake",
         task_version="1",
+        family="text-classification",
+        prior_metric=metric,
+        new_metric=metric,
         methods=methods,
         config={},
         config_hash=config_hash or methods,
@@ -178,8 +211,8 @@ def _store_run(store, methods, seed, prior, new, config_hash=None, ok=True):
     store.finish_run(
         run_id,
         [
-            Metric("prior", "after", "accuracy", prior),
-            Metric("new", "after", "accuracy", new),
+            Metric("prior", "after", metric, prior, higher),
+            Metric("new", "after", metric, new, higher),
             Metric("prior", "derived", "forgetting", 0.9 - prior, False),
         ],
     )
@@ -202,6 +235,20 @@ def test_leaderboard_mean_std_pareto_and_failed_runs_excluded(db):
     assert rows["a"].pareto
     assert rows["c"].pareto
     assert not rows["b"].pareto
+
+
+def test_leaderboard_reads_each_runs_main_metric_and_its_direction(db):
+    """With an error rate (lower is better) the Pareto marks flip: the lowest errors win."""
+    store = Store(db)
+    _store_run(store, "a", 0, 0.70, 0.90, metric="error", higher=False)
+    _store_run(store, "b", 0, 0.60, 0.80, metric="error", higher=False)  # lower on both: best
+    _store_run(store, "c", 0, 0.50, 0.95, metric="error", higher=False)
+    rows = {row.methods: row for row in leaderboard(store)}
+    assert rows["a"].prior_metric == "error"
+    assert rows["a"].mean("prior_after") == pytest.approx(0.70)
+    assert rows["b"].pareto
+    assert rows["c"].pareto
+    assert not rows["a"].pareto  # dominated by b: higher error on both
 
 
 def test_prior_sampler_count_rounds_the_share():

@@ -6,17 +6,16 @@ import pytest
 import torch
 from method_helpers import metrics, run_tiny, tiny_context, tiny_model, train_batch
 
+from forgetbench.api import Batch
 from forgetbench.config import build_config
 from forgetbench.errors import ForgetbenchError
 from forgetbench.store import Store
-from forgetbench_plugins.flow import Flow, FlowConfig, fit_probe_losses, flow_weights
+from forgetbench_plugins.flow import Flow, FlowConfig, flow_weights
 
 
 def test_config_validation():
     with pytest.raises(ForgetbenchError, match="tau must be > 0"):
         build_config(FlowConfig, {"tau": "0"}, "flow")
-    with pytest.raises(ForgetbenchError, match="probe_steps must be >= 1"):
-        build_config(FlowConfig, {"probe_steps": "0"}, "flow")
     assert build_config(FlowConfig, {"tau": "none"}, "flow").tau is None
 
 
@@ -43,34 +42,19 @@ def test_zero_median_falls_back_to_mean():
 def test_sample_weights_look_up_new_samples_and_leave_prior_at_one():
     method = Flow()
     method.weights = torch.tensor([0.9, 0.8, 0.7, 0.6])
-    batch = {
-        "is_prior": torch.tensor([False, True, False, True]),
-        "index": torch.tensor([3, 3, 0, 1]),
-    }
+    batch = Batch(
+        inputs={},
+        ids=torch.arange(4),
+        is_prior=torch.tensor([False, True, False, True]),
+        index=torch.tensor([3, 3, 0, 1]),
+    )
     weights = method.forgetbench_sample_weights(batch=batch)
     assert weights.tolist() == pytest.approx([0.6, 1.0, 0.9, 1.0])
 
 
-def test_heavily_penalised_probe_predicts_class_frequencies():
-    # With the weights forced to ~0 only the bias fits: p(class) = its frequency, so each
-    # sample's loss is -log(frequency of its label).
-    features = torch.randn(8, 5)
-    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2])
-    losses = fit_probe_losses(features, labels, classes=3, steps=100, l2=1e6)
-    expected = [-math.log(6 / 8)] * 6 + [-math.log(1 / 8)] * 2
-    assert losses.tolist() == pytest.approx(expected, abs=1e-3)
-
-
-def test_probe_separates_separable_features():
-    labels = torch.arange(30) % 3
-    features = torch.nn.functional.one_hot(labels, 3).float() * 4 + 0.1 * torch.randn(30, 3)
-    losses = fit_probe_losses(features, labels, classes=3, steps=100, l2=1e-3)
-    assert losses.max().item() < 0.1
-
-
 def test_setup_scores_every_new_example_charges_the_pass_and_caches_it(isolated_cache):
     model, new_names = tiny_model()
-    ctx, data = tiny_context(new_names)
+    ctx, data = tiny_context(new_names, model)
     method = Flow()
     method.forgetbench_setup(ctx=ctx, model=model, data=data)
     assert method.loss0.shape == (len(data.new_train),)
@@ -101,23 +85,27 @@ def test_setup_scores_every_new_example_charges_the_pass_and_caches_it(isolated_
     assert entries() == 2
 
 
-def test_without_a_fresh_head_loss0_is_the_prior_models_own_loss():
-    model, _ = tiny_model()
-    ctx, data = tiny_context(frozenset())
+def test_without_a_task_reference_loss0_is_the_prior_models_own_loss():
+    model, names = tiny_model()
+    ctx, data = tiny_context(names, model)
+    assert ctx.task.reference_losses(ctx, model, data.new_train) is None
     method = Flow()
     method.forgetbench_setup(ctx=ctx, model=model, data=data)
     model.eval()
     batch = train_batch(ctx, data, new=[0, 1, 2, 3])
     with torch.no_grad():
-        expected = ctx.task.forward(model, batch).loss
+        expected = ctx.task.forward(model, batch.inputs).loss
     assert torch.allclose(method.loss0[:4], expected, atol=1e-5)
 
 
-def test_new_parameters_that_are_not_one_linear_head_are_an_error():
-    model, _ = tiny_model()
-    ctx, data = tiny_context(frozenset({"heads.new.weight"}))
-    with pytest.raises(ForgetbenchError, match="do not form one head module"):
-        Flow().forgetbench_setup(ctx=ctx, model=model, data=data)
+def test_a_task_reference_replaces_the_prior_models_loss():
+    model, names = tiny_model()
+    ctx, data = tiny_context(names, model)
+    reference = torch.linspace(0.1, 3.0, len(data.new_train))
+    ctx.task.reference_losses = lambda ctx, model, split: reference
+    method = Flow()
+    method.forgetbench_setup(ctx=ctx, model=model, data=data)
+    assert torch.equal(method.loss0, reference)
 
 
 def test_end_to_end(db):

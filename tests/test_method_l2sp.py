@@ -18,7 +18,7 @@ def test_config_rejects_negative_strengths():
 
 def setup_method_on_tiny_model(alpha: float, beta: float):
     model, new_names = tiny_model()
-    ctx, _ = tiny_context(new_names)
+    ctx, _ = tiny_context(new_names, model)
     method = L2SP(L2SPConfig(alpha=alpha, beta=beta))
     method.forgetbench_setup(ctx=ctx, model=model)
     return method, model

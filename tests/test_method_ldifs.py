@@ -27,12 +27,12 @@ def test_feature_distance_matches_hand_computation():
 
 
 def features_of(ctx, model, batch):
-    return ctx.task.forward(model, batch, with_features=True)
+    return ctx.task.forward(model, batch.inputs, with_features=True)
 
 
 def test_penalty_is_zero_at_theta0_and_positive_after_a_step():
     model, new_names = tiny_model()
-    ctx, data = tiny_context(new_names)
+    ctx, data = tiny_context(new_names, model)
     method = Ldifs()
     method.forgetbench_setup(model=model)
     batch = train_batch(ctx, data, new=[0, 1, 2, 3], prior=[5, 6])
@@ -57,7 +57,7 @@ def test_penalty_is_zero_at_theta0_and_positive_after_a_step():
 
 def test_cached_and_on_the_fly_prior_features_give_the_same_penalty():
     model, new_names = tiny_model()
-    ctx, data = tiny_context(new_names)
+    ctx, data = tiny_context(new_names, model)
     cached, on_the_fly = Ldifs(LdifsConfig(cache_mb=64)), Ldifs(LdifsConfig(cache_mb=0))
     cached.forgetbench_setup(model=model)
     on_the_fly.forgetbench_setup(model=model)
@@ -96,7 +96,7 @@ def test_cached_and_on_the_fly_prior_features_give_the_same_penalty():
 
 def test_cache_stays_within_its_budget():
     model, new_names = tiny_model()
-    ctx, data = tiny_context(new_names)
+    ctx, data = tiny_context(new_names, model)
     batch = train_batch(ctx, data, new=[0, 1, 2, 3, 4])
     model.eval()
     outputs = features_of(ctx, model, batch)
@@ -110,11 +110,11 @@ def test_cache_stays_within_its_budget():
 
 def test_missing_features_are_a_clear_error():
     model, new_names = tiny_model()
-    ctx, data = tiny_context(new_names)
+    ctx, data = tiny_context(new_names, model)
     method = Ldifs()
     method.forgetbench_setup(model=model)
     batch = train_batch(ctx, data, new=[0])
-    outputs = ctx.task.forward(model, batch)
+    outputs = ctx.task.forward(model, batch.inputs)
     with pytest.raises(ForgetbenchError, match="returns no feature taps"):
         method.forgetbench_regularizer(ctx=ctx, batch=batch, outputs=outputs)
 

@@ -1,6 +1,5 @@
 """lora: what trains, what stays frozen, merging, and runs through the engine."""
 
-import types
 from typing import ClassVar
 
 import pytest
@@ -11,7 +10,7 @@ from forgetbench.api import Method
 from forgetbench.config import build_config
 from forgetbench.errors import ForgetbenchError
 from forgetbench.hookspecs import hookimpl
-from forgetbench_plugins.lora import Lora, LoraMethodConfig, default_target_modules
+from forgetbench_plugins.lora import Lora, LoraMethodConfig, target_modules
 
 
 @pytest.mark.parametrize(
@@ -28,23 +27,19 @@ def test_config_validation(overrides, message):
         build_config(LoraMethodConfig, overrides, "lora")
 
 
-def encoder_of_type(model_type: str):
-    return types.SimpleNamespace(
-        encoder=types.SimpleNamespace(config=types.SimpleNamespace(model_type=model_type))
-    )
-
-
-def test_default_targets_per_model_type():
-    assert default_target_modules(encoder_of_type("bert")) == ["query", "value"]
-    assert default_target_modules(encoder_of_type("deberta-v2")) == ["query_proj", "value_proj"]
-    assert default_target_modules(encoder_of_type("mybert")) == ["query", "value"]
+def test_targets_come_from_the_task_family_unless_configured():
+    model, names = tiny_model()
+    ctx, _ = tiny_context(names, model)
+    assert target_modules(ctx, model, None) == ["query", "value"]
+    assert target_modules(ctx, model, ("dense",)) == ["dense"]
+    ctx.task.lora_target_modules = lambda model: None
     with pytest.raises(ForgetbenchError, match=r"--set lora\.target_modules"):
-        default_target_modules(encoder_of_type("resnet"))
+        target_modules(ctx, model, None)
 
 
 def wrap(config: LoraMethodConfig | None = None):
     model, new_names = tiny_model()
-    ctx, data = tiny_context(new_names)
+    ctx, data = tiny_context(new_names, model)
     base = {name: value.clone() for name, value in model.state_dict().items()}
     wrapped = Lora(config).forgetbench_wrap_model(ctx=ctx, model=model)
     return ctx, data, wrapped, base
@@ -70,7 +65,7 @@ def test_training_leaves_base_weights_untouched_and_merge_returns_a_plain_model(
     wrapped.train()
     for step in range(3):
         batch = train_batch(ctx, data, new=list(range(8 * step, 8 * step + 8)))
-        ctx.task.forward(wrapped, batch).loss.mean().backward()
+        ctx.task.forward(wrapped, batch.inputs).loss.mean().backward()
         optimizer.step()
         optimizer.zero_grad()
     unwrapped = {
@@ -85,14 +80,14 @@ def test_training_leaves_base_weights_untouched_and_merge_returns_a_plain_model(
     wrapped.eval()
     batch = train_batch(ctx, data, new=[0, 1, 2], prior=[0, 1])
     with torch.no_grad():
-        expected = ctx.task.forward(wrapped, batch).loss
+        expected = ctx.task.forward(wrapped, batch.inputs).loss
     merged = Lora().forgetbench_finalize(model=wrapped)
-    assert type(merged).__name__ == "EncoderClassifier"
+    assert type(merged).__name__ == "TinyClassifier"
     assert set(merged.state_dict()) == set(base)
     query = "encoder.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(merged.state_dict()[query], base[query])  # the adapters moved it
     with torch.no_grad():
-        assert torch.allclose(ctx.task.forward(merged, batch).loss, expected, atol=1e-5)
+        assert torch.allclose(ctx.task.forward(merged, batch.inputs).loss, expected, atol=1e-5)
 
 
 def test_unmerged_finalize_keeps_the_adapters():
@@ -123,7 +118,7 @@ class Observer(Method):
 def test_end_to_end_merged(db):
     run_id = run_tiny(db, ["lora", "observe"], extra_methods=[Observer])
     f0, final = Observer.seen["f0"], Observer.seen["final"]
-    assert type(final).__name__ == "EncoderClassifier"  # lora's finalizer ran first and merged
+    assert type(final).__name__ == "TinyClassifier"  # lora's finalizer ran first and merged
     weights = final.state_dict()
     assert set(weights) == set(f0)
     changed = {name for name in f0 if not torch.equal(f0[name], weights[name])}

@@ -30,7 +30,7 @@ def test_config_parses_grid():
 def fine_tuned_pair():
     """(setup WiseFT, model) where every weight, the new head included, moved after setup."""
     model, new_names = tiny_model()
-    ctx, _ = tiny_context(new_names)
+    ctx, _ = tiny_context(new_names, model)
     method = WiseFT()
     method.forgetbench_setup(ctx=ctx, model=model)
     with torch.no_grad():
@@ -78,7 +78,7 @@ def test_wrapped_model_is_a_clear_error():
     from peft import LoraConfig, get_peft_model
 
     model, new_names = tiny_model()
-    ctx, _ = tiny_context(new_names)
+    ctx, _ = tiny_context(new_names, model)
     method = WiseFT()
     method.forgetbench_setup(ctx=ctx, model=model)
     wrapped = get_peft_model(model, LoraConfig(target_modules=["query"]))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from forgetbench.api import Compute, PerSample, PriorPredictions, Split, TaskData
+from forgetbench.api import Batch, Compute, PerSample, PriorPredictions, Split, TaskData
 from forgetbench.errors import ForgetbenchError
 from forgetbench_plugins.mixcd import (
     CollateralDamageEstimator,
@@ -24,53 +24,51 @@ RATE_A, RATE_REST = 0.5, 0.05  # bin A (label 0) is damaged 10x as often as the 
 
 
 def planted(seed=0, size=POOL):
-    """Prior predictions where f0 got everything right; labels uniform; aux independent."""
+    """Prior predictions where f0 got everything right, and the task's partitions: labels
+    uniform, aux independent of them."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, LABELS, size)
-    return PriorPredictions(
-        loss=rng.random(size),
-        correct=np.ones(size, bool),
-        confidence=rng.random(size),
-        labels=labels,
-    ), rng.integers(0, 3, size)
+    predictions = PriorPredictions(
+        loss=rng.random(size), success=np.ones(size, bool), confidence=rng.random(size)
+    )
+    return predictions, {"label": labels, "aux": rng.integers(0, 3, size)}
 
 
 def damage_rate(labels):
     return np.where(labels == 0, RATE_A, RATE_REST)
 
 
-def fake_context(predictions, aux, seed=0):
-    task = SimpleNamespace(partitions=lambda data: aux)
+def fake_context(predictions, schemes, seed=0):
+    task = SimpleNamespace(partitions=lambda data: schemes)
     ctx = SimpleNamespace(
         prior_predictions=lambda: predictions,
         compute=Compute(),
         task=task,
         generator=lambda purpose: np.random.default_rng(seed),
     )
-    examples = [
-        {"id": i, "label": int(label), "source": "prior"}
-        for i, label in enumerate(predictions.labels)
-    ]
+    examples = [{"id": i} for i in range(len(predictions.loss))]
     data = TaskData(Split("prior_train", examples), Split("e", []), Split("n", []), Split("ne", []))
     return ctx, data
 
 
-def simulate(method, predictions, aux, steps=400, per_step=8, seed=1):
+def simulate(method, predictions, schemes, steps=400, per_step=8, seed=1):
     """Drive a rehearsal method through its hooks with an oracle deciding CD per sample."""
-    ctx, data = fake_context(predictions, aux)
+    ctx, data = fake_context(predictions, schemes)
     sampler = method.forgetbench_prior_sampler(ctx=ctx, data=data)
     rng = np.random.default_rng(seed)
     oracle = np.random.default_rng(seed + 100)
     for step in range(1, steps + 1):
         index = sampler.sample(per_step, rng)
-        damaged = oracle.random(per_step) < damage_rate(predictions.labels[index])
-        batch = {
-            "is_prior": torch.ones(per_step, dtype=torch.bool),
-            "index": torch.as_tensor(index),
-        }
+        damaged = oracle.random(per_step) < damage_rate(schemes["label"][index])
+        batch = Batch(
+            inputs={},
+            ids=torch.as_tensor(index),
+            is_prior=torch.ones(per_step, dtype=torch.bool),
+            index=torch.as_tensor(index),
+        )
         per_sample = PerSample(
             loss=torch.zeros(per_step),
-            correct=torch.as_tensor(~damaged),
+            success=torch.as_tensor(~damaged),
             confidence=torch.ones(per_step),
         )
         if isinstance(method, MixCD):
@@ -85,10 +83,10 @@ def simulate(method, predictions, aux, steps=400, per_step=8, seed=1):
 @pytest.mark.parametrize("combine", ["joint", "factorised"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_mixcd_rehearses_at_least_twice_the_damage_of_random(combine, seed):
-    predictions, aux = planted(seed)
+    predictions, schemes = planted(seed)
     config = MixCDConfig(partitions=("label", "aux"), combine=combine)
-    mixcd, _ = simulate(MixCD(config), predictions, aux, seed=seed)
-    random, _ = simulate(RandomMixing(RandomConfig()), predictions, aux, seed=seed)
+    mixcd, _ = simulate(MixCD(config), predictions, schemes, seed=seed)
+    random, _ = simulate(RandomMixing(RandomConfig()), predictions, schemes, seed=seed)
     # Expected: random ~ 0.095; mix-cd at its fixed point ~ 0.29 (samples bin A ~ 53%).
     assert random.monitor.precision == pytest.approx(0.095, abs=0.03)
     assert mixcd.monitor.precision >= 2 * random.monitor.precision
@@ -96,16 +94,16 @@ def test_mixcd_rehearses_at_least_twice_the_damage_of_random(combine, seed):
 
 @pytest.mark.parametrize("factorised", [False, True])
 def test_estimator_converges_to_planted_rates_from_uniform_observations(factorised):
-    predictions, aux = planted(3)
+    predictions, schemes = planted(3)
     pool = np.arange(POOL)
     cells, codes, sizes = build_cells(
-        ("label", "aux"), 4, predictions.labels, predictions.loss, predictions.confidence, aux, pool
+        ("label", "aux"), 4, predictions.loss, predictions.confidence, schemes, pool
     )
     estimator = CollateralDamageEstimator(codes, sizes, factorised)
     rng = np.random.default_rng(0)
     for _ in range(300):  # the probe estimator's setting: unbiased uniform observations
         index = rng.integers(0, POOL, 32)
-        damage = rng.random(32) < damage_rate(predictions.labels[index])
+        damage = rng.random(32) < damage_rate(schemes["label"][index])
         estimator.update(cells[index], damage)
     rates = estimator.cell_rates()
     label_of_cell = codes[0]
@@ -152,15 +150,15 @@ def test_sampling_is_size_times_rate_then_uniform_within_cell():
 
 
 def test_confidence_filter_excludes_low_confidence_samples():
-    predictions, aux = planted(4)
-    predictions.correct[:100] = False  # f0 wrong: never collateral damage, never in the pool
+    predictions, schemes = planted(4)
+    predictions.success[:100] = False  # f0 wrong: never collateral damage, never in the pool
     method = MixCD(MixCDConfig(conf_threshold=0.7))
-    ctx, data = fake_context(predictions, aux)
+    ctx, data = fake_context(predictions, schemes)
     sampler = method.forgetbench_prior_sampler(ctx=ctx, data=data)
     pool = sampler.members
     assert np.all(predictions.confidence[pool] >= 0.7)
     assert not np.isin(np.arange(100), pool).any()
-    expected = np.sum(predictions.correct & (predictions.confidence >= 0.7))
+    expected = np.sum(predictions.success & (predictions.confidence >= 0.7))
     assert len(pool) == expected
     draws = sampler.sample(5000, np.random.default_rng(1))
     assert np.all(predictions.confidence[draws] >= 0.7)
@@ -173,11 +171,11 @@ def test_quantile_bins_are_balanced():
     assert counts.tolist() == [250, 250, 250, 250]
 
 
-def test_aux_partition_needs_task_bins():
-    predictions, _ = planted(5, size=50)
-    method = MixCD(MixCDConfig(partitions=("aux",)))
-    ctx, data = fake_context(predictions, None)
-    with pytest.raises(ForgetbenchError, match="aux"):
+def test_a_partition_the_task_lacks_is_an_error_with_a_suggestion():
+    predictions, schemes = planted(5, size=50)
+    method = MixCD(MixCDConfig(partitions=("lable",)))
+    ctx, data = fake_context(predictions, schemes)
+    with pytest.raises(ForgetbenchError, match="no partition 'lable' \\(did you mean 'label'"):
         method.forgetbench_prior_sampler(ctx=ctx, data=data)
 
 
@@ -186,7 +184,7 @@ def test_aux_partition_needs_task_bins():
     [
         ("mix_ratio", 1.5),
         ("mix_ratio", 0.0),
-        ("partitions", ("genre",)),
+        ("partitions", ("not a name",)),
         ("combine", "both"),
         ("conf_threshold", 1.2),
         ("decay", 0.0),

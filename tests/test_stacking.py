@@ -45,15 +45,15 @@ def test_mixcd_with_ldifs_penalises_the_rehearsed_batch(db):
 
 def test_flow_and_l2sp_combine_as_weighted_mean_plus_penalty():
     model, new_names = tiny_model()
-    ctx, data = tiny_context(new_names)
+    ctx, data = tiny_context(new_names, model)
     flow, l2sp = Flow(), L2SP()
     hooks = run_plugin_manager([flow, l2sp]).hook
     hooks.forgetbench_setup(ctx=ctx, model=model, data=data)
     with torch.no_grad():
         model.heads["new"].weight.add_(1.0)  # so the L2-SP head term is clearly non-zero
     batch = train_batch(ctx, data, new=[0, 3, 5], prior=[2])
-    outputs = ctx.task.forward(model, batch)
-    combined = engine._combine_loss(ctx, hooks, model, batch, outputs)
+    outputs = ctx.task.forward(model, batch.inputs)
+    combined = engine.combine_loss(ctx, hooks, model, batch, outputs)
     weights = torch.cat([flow.weights[[0, 3, 5]], torch.ones(1)])
     expected = (weights * outputs.loss).mean() + l2sp.forgetbench_regularizer()
     assert combined.item() == pytest.approx(expected.item(), rel=1e-6)

@@ -2,21 +2,23 @@
 files in the hub schema, and its offline error."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.runner import RunRequest, execute
 from forgetbench.store import Store
-from forgetbench_tasks.text_classification import (
+from forgetbench_tasks.text_classification.base import fit_probe_losses, tap_layers
+from forgetbench_tasks.text_classification.wordnet import (
     LEXNAMES,
     read_chatterbot,
     read_wordnet,
     split_examples,
-    tap_layers,
 )
 
 WORDNET_LINES = {
@@ -140,7 +142,7 @@ def test_mnli_loader_runs_end_to_end_on_local_files(tmp_path, db):
         "batch_size": "8",
         "max_length": "16",
     }
-    overrides["mixcd.partitions"] = "aux,label"
+    overrides["mixcd.partitions"] = "genre,label"
     request = RunRequest(task="mnli", methods=["mixcd"], steps=3, overrides=overrides)
     run_id = execute(request, db=db)
     store = Store(db)
@@ -195,3 +197,20 @@ def test_real_wordnet_has_every_synset_and_supersense():
     assert len(examples) == 117_659
     assert {e["label"] for e in examples} == set(range(45))
     assert len({e["id"] for e in examples}) == len(examples)
+
+
+def test_heavily_penalised_probe_predicts_class_frequencies():
+    # With the weights forced to ~0 only the bias fits: p(class) = its frequency, so each
+    # sample's loss is -log(frequency of its label).
+    features = torch.randn(8, 5)
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2])
+    losses = fit_probe_losses(features, labels, classes=3, steps=100, l2=1e6)
+    expected = [-math.log(6 / 8)] * 6 + [-math.log(1 / 8)] * 2
+    assert losses.tolist() == pytest.approx(expected, abs=1e-3)
+
+
+def test_probe_separates_separable_features():
+    labels = torch.arange(30) % 3
+    features = torch.nn.functional.one_hot(labels, 3).float() * 4 + 0.1 * torch.randn(30, 3)
+    losses = fit_probe_losses(features, labels, classes=3, steps=100, l2=1e-3)
+    assert losses.max().item() < 0.1

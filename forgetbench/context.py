@@ -1,0 +1,233 @@
+"""The run context: what a task and a method may read about the current run, and the one place
+where inference is batched, autocast and counted (so compute accounting stays in the core)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from forgetbench.api import Batch, Compute, ModelBundle, PerSample, PriorPredictions, Split, Task
+from forgetbench.cache import cached_dir, hash_json
+from forgetbench.config import TrainConfig
+from forgetbench.errors import ForgetbenchError
+from forgetbench.progress import progress
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+
+def make_batch(
+    task: Task, bundle: ModelBundle, examples: list[dict], indices, is_prior: np.ndarray
+) -> Batch:
+    """The task's inputs for ``examples`` plus the engine's bookkeeping (on the CPU)."""
+    return Batch(
+        inputs=task.collate(bundle, examples),
+        ids=torch.tensor([int(e["id"]) for e in examples], dtype=torch.long),
+        is_prior=torch.as_tensor(np.asarray(is_prior, dtype=bool)),
+        index=torch.as_tensor(np.asarray(indices, dtype=np.int64)),
+    )
+
+
+class RunContext:
+    """Read-only for plugins. Built once per run by the runner (stage 0 gets its own).
+
+    Attributes: ``run_id``, ``seed``, ``device``, ``task``, ``train`` (the
+    :class:`~forgetbench.config.TrainConfig` budget), ``cache_dir``, ``compute`` (a method adds
+    inference it spends of its own through :meth:`forward` / :meth:`predict` with
+    ``extra=True``), ``logger``, ``trust_remote_code`` and, once the prior model is loaded,
+    ``bundle`` (the :class:`~forgetbench.api.ModelBundle`) and ``new_param_names`` (parameters
+    the new task added, e.g. a fresh head).
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: int | None,
+        seed: int,
+        task: Task,
+        train: TrainConfig,
+        device: torch.device,
+        compute: Compute | None = None,
+        logger: logging.Logger | None = None,
+        cache_dir: Path | None = None,
+        trust_remote_code: bool = False,
+        accelerator: Accelerator | None = None,
+    ):
+        self.run_id = run_id
+        self.seed = seed
+        self.task = task
+        self.train = train
+        self.device = device
+        self.compute = compute if compute is not None else Compute()
+        self.logger = logger or logging.getLogger("forgetbench")
+        self.cache_dir = cache_dir
+        self.trust_remote_code = trust_remote_code
+        self.accelerator = accelerator
+        self.bundle: ModelBundle | None = None
+        self.new_param_names: frozenset[str] = frozenset()
+        self.prior_cache: PriorCache | None = None
+
+    def attach(self, bundle: ModelBundle, new_param_names: frozenset[str], prior_train: Split):
+        """Bind the prior model (the runner does this once, before any method sees the ctx)."""
+        self.bundle = bundle
+        self.new_param_names = new_param_names
+        self.prior_cache = PriorCache(self, prior_train)
+
+    def for_stage0(self, train: TrainConfig, accelerator: Accelerator) -> RunContext:
+        """The context stage 0 trains under: seed 0 and compute of its own (the prior model
+        belongs to the scenario, not to a run)."""
+        return RunContext(
+            run_id=None,
+            seed=0,
+            task=self.task,
+            train=train,
+            device=accelerator.device,
+            logger=self.logger,
+            cache_dir=self.cache_dir,
+            trust_remote_code=self.trust_remote_code,
+            accelerator=accelerator,
+        )
+
+    def generator(self, purpose: str) -> np.random.Generator:
+        """A numpy generator derived from the run seed and a purpose string."""
+        digest = hashlib.sha256(f"{self.seed}:{purpose}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def autocast(self):
+        """The run's mixed-precision context (a no-op without an accelerator)."""
+        return self.accelerator.autocast() if self.accelerator is not None else nullcontext()
+
+    def _count(self, n: int, extra: bool) -> None:
+        if extra:
+            self.compute.extra_inference += n
+        else:
+            self.compute.eval_inference += n
+
+    def chunks(
+        self, split: Split, batch_size: int | None = None, extra: bool = False
+    ) -> Iterator[tuple[range, list[dict[str, Any]]]]:
+        """(indices, examples) chunks over a whole split in order, counted as evaluation
+        inference (``extra=True``: as the calling method's extra inference)."""
+        size = batch_size or self.train.eval_batch_size
+        for start in range(0, len(split), size):
+            indices = range(start, min(start + size, len(split)))
+            self._count(len(indices), extra)
+            yield indices, [split[i] for i in indices]
+
+    def batches(
+        self, split: Split, batch_size: int | None = None, extra: bool = False
+    ) -> Iterator[Batch]:
+        """Collated batches over a whole split, on the run's device, counted like
+        :meth:`chunks`. Rows are prior samples when ``split`` is a prior split."""
+        is_prior = split.name.startswith("prior")
+        for indices, examples in self.chunks(split, batch_size, extra):
+            batch = make_batch(self.task, self.bundle, examples, indices, [is_prior] * len(indices))
+            yield batch.to(self.device)
+
+    def forward(
+        self,
+        model: torch.nn.Module,
+        batch: Batch,
+        with_features: bool = False,
+        extra: bool = False,
+    ) -> PerSample:
+        """The task's forward pass on one batch under the run's autocast; ``extra=True``
+        counts the batch as the calling method's extra inference."""
+        if extra:
+            self.compute.extra_inference += len(batch)
+        with self.autocast():
+            return self.task.forward(model, batch.inputs, with_features=with_features)
+
+    def predict(
+        self, model: torch.nn.Module, split: Split, extra: bool = False, label: str | None = None
+    ) -> PerSample:
+        """Per-sample results of ``model`` (in eval mode; its mode is restored) over a whole
+        split, on the CPU, in split order. ``label`` shows a progress bar."""
+        was_training = model.training
+        model.eval()
+        outputs = []
+        total = math.ceil(len(split) / self.train.eval_batch_size)
+        try:
+            with torch.inference_mode(), progress(label or "", total, label is not None) as step:
+                for batch in self.batches(split, extra=extra):
+                    with self.autocast():
+                        outputs.append(self.task.forward(model, batch.inputs).detach_cpu())
+                    step()
+        finally:
+            model.train(was_training)
+        return PerSample.concat(outputs)
+
+    def prior_predictions(self) -> PriorPredictions:
+        """The prior model's per-sample results on the prior train set, from the shared cache.
+        Only before training starts (in ``forgetbench_setup`` or ``forgetbench_prior_sampler``)."""
+        if self.prior_cache is None:
+            raise ForgetbenchError("prior predictions are not available before the prior model")
+        return self.prior_cache.get()
+
+
+class PriorCache:
+    """f0's per-sample loss, success and confidence on the prior train set.
+
+    Keyed by the prior model's identity and the split's fingerprint, shared on disk by every run
+    and method. Building it is one inference pass; a method that relies on it charges that pass
+    to its own compute (a cache hit must not change a run's reported cost). Only valid while
+    the model is still f0: a first request after training started is refused.
+    """
+
+    def __init__(self, ctx: RunContext, split: Split):
+        self.ctx = ctx
+        self.split = split
+        self.value: PriorPredictions | None = None
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """Training starts: the model is no longer f0."""
+        self.frozen = True
+
+    def get(self) -> PriorPredictions:
+        if self.value is None:
+            if self.frozen:
+                raise ForgetbenchError(
+                    "prior predictions must be requested before training (in setup or"
+                    " prior_sampler)"
+                )
+            self.value = self._load()
+        return self.value
+
+    def _load(self) -> PriorPredictions:
+        bundle = self.ctx.bundle
+        key = hash_json({"model": bundle.identity, "data": self.split.fingerprint(), "v": 2})
+
+        def build(directory: Path) -> dict:
+            # Inference here is the cache's, not a run's: counted by whoever relies on it.
+            counting = self.ctx.compute
+            self.ctx.compute = Compute()
+            try:
+                result = self.ctx.predict(bundle.model, self.split, label="prior cache")
+            finally:
+                self.ctx.compute = counting
+            tensors = {
+                "loss": result.loss.contiguous(),
+                "success": result.success.to(torch.uint8),
+                "confidence": result.confidence.contiguous(),
+            }
+            save_file(tensors, str(directory / "predictions.safetensors"))
+            return {"model": bundle.identity, "split": self.split.name, "size": len(self.split)}
+
+        tensors = load_file(
+            str(cached_dir("prior-predictions", key, build) / "predictions.safetensors")
+        )
+        return PriorPredictions(
+            loss=tensors["loss"].numpy(),
+            success=tensors["success"].numpy().astype(bool),
+            confidence=tensors["confidence"].numpy(),
+        )
