@@ -33,6 +33,27 @@ DbOption = Annotated[
 ]
 
 
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="config override key=value, e.g. lr=3e-5 or mixcd.mix_ratio=0.25"),
+]
+PriorModelOption = Annotated[
+    str | None,
+    typer.Option(help="a ready prior model (local dir or hub id) instead of stage 0"),
+]
+TrustOption = Annotated[
+    bool,
+    typer.Option(help="let transformers run model code from a hub repository (off by default)"),
+]
+ResumeOption = Annotated[
+    int | None,
+    typer.Option(
+        help="continue an unfinished run (from its last checkpoint); other"
+        " options are taken from the stored run"
+    ),
+]
+
+
 @app.callback()
 def _main(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False):
     STATE["debug"] = debug
@@ -68,27 +89,10 @@ def run(
     steps: Annotated[
         int | None, typer.Option(help="fine-tuning steps (overrides train.steps)")
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set", help="config override key=value, e.g. lr=3e-5 or mixcd.mix_ratio=0.25"
-        ),
-    ] = None,
-    prior_model: Annotated[
-        str | None,
-        typer.Option(help="a ready prior model (local dir or hub id) instead of stage 0"),
-    ] = None,
-    trust_remote_code: Annotated[
-        bool,
-        typer.Option(help="let transformers run model code from a hub repository (off by default)"),
-    ] = False,
-    resume: Annotated[
-        int | None,
-        typer.Option(
-            help="continue an unfinished run (from its last checkpoint); other"
-            " options are taken from the stored run"
-        ),
-    ] = None,
+    set_: SetOption = None,
+    prior_model: PriorModelOption = None,
+    trust_remote_code: TrustOption = False,
+    resume: ResumeOption = None,
     db: DbOption = None,
 ):
     """Run one experiment and store its results."""
@@ -130,31 +134,16 @@ def leaderboard(
         raise ForgetbenchError(f"--format must be table, markdown, csv or json, got {format_!r}")
     rows = build(Store(db), task)
     shown = columns(rows)
-    records = as_records(rows, shown)
-    if format_ == "json":
-        print(json.dumps(records, indent=1))
+    if format_ in ("json", "csv"):
+        _print_records(as_records(rows, shown), format_)
         return
-    if format_ == "csv":
-        buffer = io.StringIO()
-        keys = sorted(
-            {k for r in records for k in r},
-            key=lambda k: list(records[0]).index(k) if k in records[0] else 99,
-        )
-        writer = csv.DictWriter(buffer, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(records)
-        print(buffer.getvalue(), end="")
+    if not rows:
+        out.print("no finished runs yet: try 'forgetbench run'")
         return
     headers = ["task", "methods", "seeds", "main metric", *[header for _, header, _ in shown]]
     lines = [
-        [
-            row.task,
-            row.methods + (" *" if row.pareto else ""),
-            str(len(row.seeds)),
-            row.prior_metric
-            if row.prior_metric == row.new_metric
-            else f"{row.prior_metric} / {row.new_metric}",
-        ]
+        [row.task, row.methods + (" *" if row.pareto else ""), str(len(row.seeds))]
+        + [_main_metric_label(row)]
         + [cell(row, key, decimals) for key, _, decimals in shown]
         for row in rows
     ]
@@ -169,10 +158,26 @@ def leaderboard(
         table.add_column(header, overflow="fold")
     for cells in lines:
         table.add_row(*cells)
-    if not rows:
-        out.print("no finished runs yet: try 'forgetbench run'")
-        return
     out.print(table)
+
+
+def _main_metric_label(row) -> str:
+    """``f1``, or ``bleu / chrf`` when the prior and new main metrics differ."""
+    prior = row.prior_metric + ("" if row.prior_higher_is_better else " (lower better)")
+    new = row.new_metric + ("" if row.new_higher_is_better else " (lower better)")
+    return prior if prior == new else f"{prior} / {new}"
+
+
+def _print_records(records: list[dict], format_: str) -> None:
+    if format_ == "json":
+        print(json.dumps(records, indent=1))
+        return
+    buffer = io.StringIO()
+    keys = list(dict.fromkeys(key for record in records for key in record))
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(records)
+    print(buffer.getvalue(), end="")
 
 
 @app.command("list")
@@ -188,13 +193,17 @@ def list_plugins():
         table.add_row(name, entry.provider, entry.cls.description)
     out.print(table)
     table = Table(title="tasks")
-    for column in ("name", "family", "offline", "provided by", "description"):
+    for column in ("name", "family", "main metric", "offline", "provided by", "description"):
         table.add_column(column)
     for name, entry in sorted(registry.tasks.items()):
         meta = entry.cls.metadata
-        table.add_row(
-            name, meta.family, "yes" if meta.offline else "no", entry.provider, meta.description
+        metric = (
+            meta.prior_metric
+            if meta.prior_metric == meta.new_metric
+            else (f"{meta.prior_metric} / {meta.new_metric}")
         )
+        offline = "yes" if meta.offline else "no"
+        table.add_row(name, meta.family, metric, offline, entry.provider, meta.description)
     out.print(table)
     for problem in registry.problems:
         err.print(f"[yellow]warning:[/] {problem}")
@@ -280,6 +289,15 @@ def runs(
     else:
         rows = store.get_runs(status=status)
         title = "runs"
+    out.print(_runs_table(rows, title))
+    if mark_failed:
+        marked = store.mark_stale_failed(timedelta(minutes=max_age))
+        ids = ", ".join(map(str, marked)) or "none"
+        noun = "run" if len(marked) == 1 else "runs"
+        out.print(f"marked {len(marked)} stale {noun} failed ({ids})")
+
+
+def _runs_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title)
     for column in ("id", "task", "methods", "seed", "status", "started", "host", "error"):
         table.add_column(column, overflow="fold")
@@ -294,12 +312,7 @@ def runs(
             f"{run['hostname']}:{run['pid']}" if run["hostname"] else "",
             (run["error"] or "")[:80],
         )
-    out.print(table)
-    if mark_failed:
-        marked = store.mark_stale_failed(timedelta(minutes=max_age))
-        ids = ", ".join(map(str, marked)) or "none"
-        noun = "run" if len(marked) == 1 else "runs"
-        out.print(f"marked {len(marked)} stale {noun} failed ({ids})")
+    return table
 
 
 def main() -> None:
