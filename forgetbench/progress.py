@@ -1,7 +1,9 @@
-"""Progress on stderr: a rich bar on a terminal, a plain line per tenth of the work elsewhere."""
+"""Progress on stderr: a rich bar on a terminal, plain lines elsewhere (CI, logs), so that no
+phase of a run is silent for long."""
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 
@@ -9,22 +11,29 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 stderr = Console(stderr=True)
+# The longest a phase, or a loop off a terminal, stays silent, in seconds; a phase shorter than
+# SHOWN_AFTER seconds prints nothing.
+QUIET_SECONDS = 20.0
+SHOWN_AFTER = 3.0
 
 
 @contextmanager
 def progress(description: str, total: int, enabled: bool = True):
     """Yields ``advance(n=1)``. Off a terminal (CI, logs) it prints a plain line at every tenth
-    of the work instead of a bar."""
+    of the work, and at least every ``QUIET_SECONDS``, instead of a bar."""
     if enabled and not stderr.is_terminal:
         done = [0]
         started = time.perf_counter()
+        last_line = [started]
 
         def advance(n: int = 1) -> None:
             before, done[0] = done[0], done[0] + n
-            if total >= 20 and done[0] * 10 // total > before * 10 // total:
+            now = time.perf_counter()
+            tenth = total > 0 and done[0] * 10 // total > before * 10 // total
+            if tenth or now - last_line[0] >= QUIET_SECONDS:
+                last_line[0] = now
                 stderr.print(
-                    f"{description}: {done[0]}/{total} ({time.perf_counter() - started:.0f} s)",
-                    highlight=False,
+                    f"{description}: {done[0]}/{total} ({now - started:.0f} s)", highlight=False
                 )
 
         yield advance
@@ -41,3 +50,31 @@ def progress(description: str, total: int, enabled: bool = True):
     with bar:
         task_id = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task_id, n)
+
+
+@contextmanager
+def phase(description: str):
+    """A named phase of a run (loading data, evaluating, ...). A phase that lasts more than
+    ``SHOWN_AFTER`` seconds says so on stderr, again every ``QUIET_SECONDS``, and how long it
+    took; a short one prints nothing (so an error in it stays the only line)."""
+    started = time.perf_counter()
+    stop, shown = threading.Event(), threading.Event()
+
+    def tick() -> None:
+        wait = SHOWN_AFTER
+        while not stop.wait(wait):
+            elapsed = time.perf_counter() - started
+            stderr.print(f"{description} ... ({elapsed:.0f} s)", highlight=False)
+            shown.set()
+            wait = QUIET_SECONDS
+
+    ticker = threading.Thread(target=tick, name=f"progress: {description}", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        ticker.join()
+    if shown.is_set():
+        elapsed = time.perf_counter() - started
+        stderr.print(f"{description}: done in {elapsed:.0f} s", highlight=False)
