@@ -32,10 +32,15 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def make_accelerator(train: TrainConfig) -> Accelerator:
-    """accelerate handles device placement and mixed precision; ``device=cpu`` forces the CPU."""
+def check_device(train: TrainConfig) -> None:
+    """``device=cuda`` needs a CUDA device: refused before a run starts, not after."""
     if train.device == "cuda" and not torch.cuda.is_available():
         raise ForgetbenchError("device=cuda was asked for but no CUDA device is available")
+
+
+def make_accelerator(train: TrainConfig) -> Accelerator:
+    """accelerate handles device placement and mixed precision; ``device=cpu`` forces the CPU."""
+    check_device(train)
     use_cpu = train.device == "cpu" or (train.device == "auto" and not torch.cuda.is_available())
     return Accelerator(cpu=use_cpu, mixed_precision=train.mixed_precision)
 
@@ -67,9 +72,9 @@ def make_optimizer(model: torch.nn.Module, train: TrainConfig):
 class BatchStream:
     """Endless, seeded, epoch-wise shuffled order over a split (the new-task data)."""
 
-    def __init__(self, size: int, rng: np.random.Generator):
-        if size <= 0:
-            raise ForgetbenchError("cannot train on an empty split")
+    def __init__(self, size: int, rng: np.random.Generator, name: str = "training split"):
+        if size <= 0:  # take() would never return
+            raise ForgetbenchError(f"cannot train on {name}: it has {size} examples")
         self.size, self.rng = size, rng
         self.order: np.ndarray = rng.permutation(size)
         self.position = 0
@@ -162,13 +167,18 @@ class TrainLoop:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
             model, optimizer, scheduler
         )
-        self.stream = BatchStream(len(self.train_split), self.ctx.generator("batches"))
+        self.stream = BatchStream(
+            len(self.train_split), self.ctx.generator("batches"), self.train_split.name
+        )
         self.sample_rng = self.ctx.generator("prior-sampler")
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        if self.checkpointer is None or not self.checkpointer.exists():
+        if self.checkpointer is None:
             return 0
         unwrapped = self.accelerator.unwrap_model(self.model)
-        done, loop = self.checkpointer.restore(unwrapped, self.optimizer, self.scheduler)
+        restored = self.checkpointer.restore(unwrapped, self.optimizer, self.scheduler)
+        if restored is None:
+            return 0
+        done, loop = restored
         self.stream.load_state_dict(loop["stream"])
         self.sample_rng.bit_generator.state = loop["sample_rng"]
         if self.sampler is not None:
