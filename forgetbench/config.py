@@ -32,10 +32,14 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW decoupled weight decay"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "linear warm-up share of steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
-    eval_batch_size: int = field(default=128, metadata={"help": "samples per evaluation batch"})
+    eval_batch_size: int = field(
+        default=128, metadata={"help": "samples per evaluation batch", "operational": True}
+    )
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    checkpoint_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: off)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda", "operational": True})
+    checkpoint_every: int = field(
+        default=0, metadata={"help": "checkpoint every N steps (0: off)", "operational": True}
+    )
 
     def __post_init__(self):
         check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
@@ -66,6 +70,13 @@ class TrainConfig:
             self.checkpoint_every >= 0,
             f"checkpoint_every must be >= 0, got {self.checkpoint_every}",
         )
+
+
+def operational_settings() -> tuple[str, ...]:
+    """The TrainConfig fields that say where and how a run computes, not what: they are stored
+    with the run but left out of its config hash (a checkpointed run or one on another device
+    is the same experiment and shares its leaderboard row)."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("operational"))
 
 
 def parse_set(pairs: list[str]) -> dict[str, str]:
@@ -109,8 +120,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
             raise ForgetbenchError(
                 f"{key} expects {'an integer' if hint is int else 'a number'}, got {value!r}"
             ) from None
-        if hint is float and number != number:  # NaN passes no range check
-            raise ForgetbenchError(f"{key} expects a number, got {value!r}")
+        if hint is float and not math.isfinite(number):  # NaN passes every range check
+            raise ForgetbenchError(f"{key} expects a finite number, got {value!r}")
         return number
     return value
 

@@ -7,8 +7,11 @@ from collections.abc import Iterable
 class ForgetbenchError(Exception):
     """A user-facing error: bad input, missing data, a plugin conflict.
 
-    The CLI prints its message as one line on stderr and exits non-zero.
+    The CLI prints its message as one line on stderr and exits non-zero. ``run_id`` is set
+    by the runner when the error ended a run it had started (the CLI names the run).
     """
+
+    run_id: int | None = None
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -18,3 +21,16 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     if close:
         return f" (did you mean {close[0]!r}?)"
     return f" (did you mean one of: {', '.join(choices)}?)" if choices else ""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM while a run was in progress.
+
+    ``signum`` is the signal (the CLI exits ``128 + signum``: 130 or 143); ``run_id`` is the
+    run marked ``interrupted``, once the runner knows it.
+    """
+
+    def __init__(self, signum: int, run_id: int | None = None):
+        super().__init__(f"signal {signum}" + (f" in run {run_id}" if run_id else ""))
+        self.signum = signum
+        self.run_id = run_id

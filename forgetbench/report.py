@@ -158,6 +158,15 @@ def cell(row: Row, column: str, decimals: int) -> str:
     return f"{mean:.{decimals}f} ± {row.std(column):.{decimals}f}" if decimals else f"{mean:.0f}"
 
 
+RECORD_KEYS = ("task", "methods", "config", "seeds", "pareto", "prior_metric", "new_metric")
+
+
+def record_keys(columns: list[tuple]) -> list[str]:
+    """Every key a record of :func:`as_records` may have, in order (a CSV header, also for an
+    empty leaderboard)."""
+    return [*RECORD_KEYS, *(f"{key}_{part}" for key, _, _ in columns for part in ("mean", "std"))]
+
+
 def as_records(rows: list[Row], columns: list[tuple]) -> list[dict]:
     """Plain dicts for csv / json / markdown output."""
     records = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -138,9 +139,68 @@ def now() -> datetime:
 
 
 def resolve_url(db: str | None) -> str:
-    """``--db`` value, else ``$FORGETBENCH_DB``, else ``./results.db``; a path means SQLite."""
+    """``--db`` value, else ``$FORGETBENCH_DB``, else ``./results.db``; a path means SQLite.
+
+    Refused: an empty ``--db``, text that is not a URL, and SQLite URLs without a file (an
+    in-memory store would lose every run when the process ends)."""
+    if db is not None and not db.strip():
+        raise ForgetbenchError("--db is empty: give a SQLite path or a SQLAlchemy URL")
     value = db or os.environ.get(DB_ENV) or DEFAULT_DB
-    return value if "://" in value else f"sqlite:///{Path(value).expanduser()}"
+    if "://" not in value:
+        return f"sqlite:///{Path(value).expanduser()}"
+    try:
+        url = sa.engine.make_url(value)
+    except sa.exc.ArgumentError:
+        raise ForgetbenchError(f"--db {value!r} is not a database URL") from None
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise ForgetbenchError(
+            f"--db {value}: give the SQLite file, e.g. sqlite:///results.db (a store without"
+            " a file would lose every run)"
+        )
+    return value
+
+
+# The Python module a SQLAlchemy driver imports -> what to install for it.
+DRIVER_PACKAGES = {
+    "MySQLdb": "pip install mysqlclient (or use mysql+pymysql:// with pip install pymysql)",
+    "pymysql": "pip install pymysql",
+    "psycopg2": "pip install psycopg2-binary (or use postgresql+psycopg://"
+    " with pip install 'psycopg[binary]')",
+    "psycopg": "pip install 'psycopg[binary]'",
+    "asyncpg": "forgetbench needs a synchronous driver: use postgresql+psycopg://",
+}
+
+
+def _writable_dir(path: Path) -> bool:
+    """False on a read-only mount or a folder this user may not write (SQLite needs to create
+    its journal files beside the database)."""
+    return os.access(path.parent, os.W_OK)
+
+
+def _sqlite_uri(path: str) -> str:
+    """A read-only URI for an existing file. In a folder SQLite cannot write to (a read-only
+    mount) a WAL database cannot be opened ``mode=ro``: it is opened immutable instead."""
+    flags = "mode=ro" if _writable_dir(Path(path)) else "mode=ro&immutable=1"
+    return f"file:{urllib.parse.quote(path)}?{flags}"
+
+
+def _check_sqlite_path(path: str, read_only: bool) -> None:
+    """Refuse what SQLite would report as a raw error: a folder, a missing folder, a store to
+    write on a read-only file system, and (for reading) no file at all."""
+    file = Path(path)
+    if file.is_dir():
+        raise ForgetbenchError(f"--db {path} is a directory, not a database file")
+    if not file.parent.is_dir():
+        raise ForgetbenchError(f"--db {path}: the directory {file.parent} does not exist")
+    if read_only:
+        if not file.exists():
+            raise ForgetbenchError(
+                f"no results database at {path}: nothing was run with this --db yet"
+                " (try 'forgetbench run')"
+            )
+        return
+    if not _writable_dir(file) or (file.exists() and not os.access(file, os.W_OK)):
+        raise ForgetbenchError(f"--db {path} is read-only: runs cannot be stored there")
 
 
 def _sqlite_tables(path: str) -> set[str]:
@@ -149,9 +209,8 @@ def _sqlite_tables(path: str) -> set[str]:
     The engine's connections switch a file to WAL mode, which rewrites its header; a file that
     turns out not to be ours must be left exactly as it was, so it is inspected read-only first.
     """
-    uri = f"file:{urllib.parse.quote(path)}?mode=ro"
     try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+        with contextlib.closing(sqlite3.connect(_sqlite_uri(path), uri=True)) as connection:
             rows = connection.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             )
@@ -185,6 +244,27 @@ def _is_stale(run: dict, hostname: str, cutoff: datetime) -> bool:
     return _as_utc(run["heartbeat_at"] or run["started_at"]) < cutoff
 
 
+def _check_finite(results: list[Metric], curves: list[tuple[str, int, float]]) -> None:
+    for metric in results:
+        if not _finite(metric.value):
+            raise ForgetbenchError(
+                f"metric {metric.split}/{metric.stage}/{metric.name} is {metric.value}: the run"
+                " diverged or its task computed no value; nothing was stored"
+            )
+    for name, step, value in curves:
+        if not _finite(value):
+            raise ForgetbenchError(
+                f"series {name} is {value} at step {step}: the run diverged; nothing was stored"
+            )
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers run beside one writer; the busy timeout makes writers queue, not fail.
@@ -195,33 +275,82 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 class Store:
-    """Open (and migrate) a results database. Refuses files that are not forgetbench stores."""
+    """Open (and migrate) a results database. Refuses files that are not forgetbench stores.
 
-    def __init__(self, db: str | None = None):
+    ``read_only`` (``runs``, ``show``, ``leaderboard``) writes nothing: SQLite files are opened
+    read-only, so a store on a read-only mount can be read. Only a store written by an older
+    forgetbench is upgraded first (its migrations), where that is possible.
+    """
+
+    def __init__(self, db: str | None = None, read_only: bool = False):
         self.url = resolve_url(db)
-        self.engine = self._connect()
+        url = sa.engine.make_url(self.url)
+        self.location = url.render_as_string(hide_password=True)
+        self.sqlite_path = url.database if url.get_backend_name() == "sqlite" else None
+        if self.sqlite_path:
+            _check_sqlite_path(self.sqlite_path, read_only)
+        self.engine = self._connect(read_only)
+        if read_only and not self._pending_migrations():
+            return
+        if read_only:
+            if self.sqlite_path and not _writable_dir(Path(self.sqlite_path)):
+                raise ForgetbenchError(
+                    f"{self.location} was written by an older forgetbench and is read-only:"
+                    " open it once where it can be written, to upgrade it"
+                )
+            self.engine = self._connect(read_only=False)
         self._migrate()
 
-    def _connect(self) -> Engine:
-        if self.url.startswith("sqlite"):
-            engine = sa.create_engine(self.url, connect_args={"timeout": 60})
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
-            return engine
-        return sa.create_engine(self.url, pool_pre_ping=True)
+    def _connect(self, read_only: bool) -> Engine:
+        """The engine; a missing driver or an unknown backend is a one-line error."""
+        try:
+            if self.sqlite_path and read_only:
+                uri = _sqlite_uri(self.sqlite_path)
+                return sa.create_engine(
+                    "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=60)
+                )
+            if self.sqlite_path:
+                engine = sa.create_engine(self.url, connect_args={"timeout": 60})
+                sa.event.listen(engine, "connect", _sqlite_pragmas)
+                return engine
+            return sa.create_engine(self.url, pool_pre_ping=True)
+        except ModuleNotFoundError as error:
+            hint = DRIVER_PACKAGES.get(error.name or "", f"install the module {error.name}")
+            raise ForgetbenchError(
+                f"--db {self.location}: its database driver is not installed ({hint})"
+            ) from None
+        except sa.exc.NoSuchModuleError:
+            backend = sa.engine.make_url(self.url).drivername
+            raise ForgetbenchError(
+                f"--db {self.location}: unknown database backend {backend!r}"
+                " (use a path for SQLite, or e.g. postgresql+psycopg://...)"
+            ) from None
 
     def _existing_tables(self) -> set[str]:
-        url = sa.engine.make_url(self.url)
-        if url.get_backend_name() == "sqlite":
-            path = url.database
-            if not path or path == ":memory:" or not Path(path).exists():
+        if self.sqlite_path:
+            if not Path(self.sqlite_path).exists():
                 return set()
-            return _sqlite_tables(path)
+            return _sqlite_tables(self.sqlite_path)
         try:
             return set(sa.inspect(self.engine).get_table_names())
-        except sa.exc.DatabaseError as error:
+        except sa.exc.DBAPIError as error:  # a server that is down, refused logins, ...
+            first_line = str(error.orig).strip().splitlines()[0] if str(error.orig) else ""
             raise ForgetbenchError(
-                f"{self.url} is not a usable database ({error.orig}); refusing to touch it"
+                f"cannot use {self.location} ({first_line}); refusing to touch it"
             ) from None
+
+    def _pending_migrations(self) -> list[str]:
+        """Names of the migrations this store still needs (all of them for a new store)."""
+        tables = self._existing_tables()
+        if tables and migrations_table.name not in tables:
+            raise ForgetbenchError(
+                f"{self.location} holds tables that forgetbench did not create"
+                f" ({', '.join(sorted(tables)[:5])}); refusing to write to it"
+            )
+        if not tables:
+            return [name for name, _ in MIGRATIONS]
+        done = set(self.applied_migrations())
+        return [name for name, _ in MIGRATIONS if name not in done]
 
     @contextlib.contextmanager
     def _migration_transaction(self) -> Iterator[Connection]:
@@ -241,12 +370,8 @@ class Store:
             yield connection
 
     def _migrate(self) -> None:
-        tables = self._existing_tables()
-        if tables and migrations_table.name not in tables:
-            raise ForgetbenchError(
-                f"{self.url} holds tables that forgetbench did not create"
-                f" ({', '.join(sorted(tables)[:5])}); refusing to write to it"
-            )
+        if not self._pending_migrations():
+            return
         with self._migration_transaction() as connection:
             metadata.create_all(connection, tables=[migrations_table])
         for name, migrate in MIGRATIONS:
@@ -308,7 +433,12 @@ class Store:
         curves: Iterable[tuple[str, int, float]] = (),
         compute: dict[str, Any] | None = None,
     ) -> None:
-        """Store metrics, series and status ``ok`` in one transaction: all or nothing."""
+        """Store metrics, series and status ``ok`` in one transaction: all or nothing.
+
+        A NaN or infinite number is refused (ForgetbenchError naming it), before anything is
+        written: a diverged run is not a result."""
+        results, curves = list(results), list(curves)
+        _check_finite(results, curves)
         with self.engine.begin() as connection:
             metric_rows = [
                 {
@@ -362,6 +492,11 @@ class Store:
         return marked
 
     # -- reading ----------------------------------------------------------------------------
+
+    def is_live(self, run: dict, max_age: timedelta = STALE_AFTER) -> bool:
+        """A ``running`` row whose process may still be at work (not :meth:`stale_runs`)."""
+        cutoff = now() - max_age
+        return run["status"] == "running" and not _is_stale(run, socket.gethostname(), cutoff)
 
     def stale_runs(self, max_age: timedelta = STALE_AFTER) -> list[dict]:
         """Runs still ``running`` whose process is gone.
