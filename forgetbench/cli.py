@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import logging
+import os
+import shlex
 import signal
 import sys
 from typing import Annotated
@@ -14,12 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from forgetbench.errors import ForgetbenchError
+from forgetbench.errors import ForgetbenchError, Interrupted, did_you_mean
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Benchmark forgetting mitigations for fine-tuning pretrained models.",
 )
 out = Console()
@@ -52,12 +55,29 @@ ResumeOption = Annotated[
         " options are taken from the stored run"
     ),
 ]
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="with --resume: resume a run marked running whose process looks alive"
+        " (only when you know it is gone)",
+    ),
+]
+OnlineOption = Annotated[
+    bool,
+    typer.Option(
+        "--online",
+        help="let the hub libraries download models and data (off by default: only local"
+        " files and the hub cache are used)",
+    ),
+]
+# The variables the hub libraries (huggingface_hub, transformers, datasets) read at import.
+HUB_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 @app.callback()
 def _main(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False):
     STATE["debug"] = debug
-    _quiet_libraries()
     logging.basicConfig(
         level=logging.INFO if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -73,7 +93,18 @@ def _quiet_libraries() -> None:
 
 
 def _interrupt(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Interrupted(signum)
+
+
+def _hub_network(online: bool) -> None:
+    """Without ``--online`` the hub libraries work offline (local files and their cache), so a
+    missing model or dataset fails at once instead of after minutes of retries; a value the
+    user gave these variables is kept. Must run before the hub libraries are imported."""
+    for name in HUB_OFFLINE_VARIABLES:
+        if online:
+            os.environ[name] = "0"
+        else:
+            os.environ.setdefault(name, "1")
 
 
 @app.command()
@@ -87,20 +118,26 @@ def run(
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     steps: Annotated[
-        int | None, typer.Option(help="fine-tuning steps (overrides train.steps)")
+        int | None, typer.Option(help="fine-tuning steps (the same as --set steps=N)")
     ] = None,
     set_: SetOption = None,
     prior_model: PriorModelOption = None,
     trust_remote_code: TrustOption = False,
     resume: ResumeOption = None,
+    force: ForceOption = False,
+    online: OnlineOption = False,
     db: DbOption = None,
 ):
     """Run one experiment and store its results."""
+    _hub_network(online)
+    _quiet_libraries()
     from forgetbench.config import parse_set
     from forgetbench.runner import RunRequest, execute
     from forgetbench.store import Store
 
     signal.signal(signal.SIGTERM, _interrupt)
+    if force and resume is None:
+        raise ForgetbenchError("--force only applies to --resume")
     request = None
     if resume is None:
         request = RunRequest(
@@ -112,9 +149,24 @@ def run(
             prior_model=prior_model,
             trust_remote_code=trust_remote_code,
         )
-    run_id = execute(request, db=db, resume=resume)
+    try:
+        run_id = execute(request, db=db, resume=resume, force=force)
+    except KeyboardInterrupt as interrupted:
+        raise typer.Exit(_report_interrupt(interrupted, db)) from None
+    _print_run(Store(db, read_only=True), run_id)
 
-    _print_run(Store(db), run_id)
+
+def _report_interrupt(interrupted: KeyboardInterrupt, db: str | None) -> int:
+    """Say which run stopped and how to continue it; returns the exit code, 128 + signal."""
+    signum = getattr(interrupted, "signum", signal.SIGINT)
+    name = signal.Signals(signum).name
+    run_id = getattr(interrupted, "run_id", None)
+    if run_id is None:
+        _error_line(f"interrupted ({name}) before the run started: nothing was stored")
+    else:
+        again = f"forgetbench run --resume {run_id}" + (f" --db {shlex.quote(db)}" if db else "")
+        _error_line(f"run {run_id} interrupted ({name}); continue it with: {again}")
+    return 128 + signum
 
 
 @app.command()
@@ -126,19 +178,24 @@ def leaderboard(
     db: DbOption = None,
 ):
     """Aggregate finished runs over seeds (mean ± std); * marks the Pareto front."""
-    from forgetbench.report import as_records, cell, columns
+    _quiet_libraries()
+    from forgetbench.report import as_records, cell, columns, record_keys
     from forgetbench.report import leaderboard as build
     from forgetbench.store import Store
 
     if format_ not in ("table", "markdown", "csv", "json"):
         raise ForgetbenchError(f"--format must be table, markdown, csv or json, got {format_!r}")
-    rows = build(Store(db), task)
+    store = Store(db, read_only=True)
+    if task is not None:
+        _check_task_name(store, task)
+    rows = build(store, task)
     shown = columns(rows)
     if format_ in ("json", "csv"):
-        _print_records(as_records(rows, shown), format_)
+        _print_records(as_records(rows, shown), format_, record_keys(shown))
         return
     if not rows:
-        out.print("no finished runs yet: try 'forgetbench run'")
+        scope = f" of task {task}" if task else ""
+        out.print(f"no finished runs{scope} yet: try 'forgetbench run'")
         return
     headers = ["task", "methods", "seeds", "main metric", *[header for _, header, _ in shown]]
     lines = [
@@ -168,12 +225,22 @@ def _main_metric_label(row) -> str:
     return prior if prior == new else f"{prior} / {new}"
 
 
-def _print_records(records: list[dict], format_: str) -> None:
+def _check_task_name(store, task: str) -> None:
+    """``--task`` must name an installed task or one with stored runs."""
+    from forgetbench.registry import get_registry
+
+    known = set(get_registry().tasks) | {run["task"] for run in store.get_runs()}
+    if task not in known:
+        raise ForgetbenchError(f"unknown task {task!r}" + did_you_mean(task, known))
+
+
+def _print_records(records: list[dict], format_: str, header: list[str]) -> None:
+    """JSON, or CSV with a header row even when there are no records."""
     if format_ == "json":
         print(json.dumps(records, indent=1))
         return
     buffer = io.StringIO()
-    keys = list(dict.fromkeys(key for record in records for key in record))
+    keys = list(dict.fromkeys([*header, *(key for record in records for key in record)]))
     writer = csv.DictWriter(buffer, fieldnames=keys)
     writer.writeheader()
     writer.writerows(records)
@@ -183,6 +250,7 @@ def _print_records(records: list[dict], format_: str) -> None:
 @app.command("list")
 def list_plugins():
     """Methods and tasks, with the distribution that provides each."""
+    _quiet_libraries()
     from forgetbench.registry import get_registry
 
     registry = get_registry()
@@ -212,7 +280,7 @@ def list_plugins():
 def _print_run(store, run_id: int) -> None:
     run = store.get_run(run_id)
     if run is None:
-        raise ForgetbenchError(f"no run with id {run_id} in {store.url}")
+        raise ForgetbenchError(f"no run with id {run_id} in {store.location}")
     table = Table(
         title=f"run {run_id}: {run['task']} / {run['methods']} / seed {run['seed']}"
         f" [{run['status']}]"
@@ -240,11 +308,11 @@ def show(
     """One run: metrics before/after, derived metrics, compute and provenance."""
     from forgetbench.store import Store
 
-    store = Store(db)
+    store = Store(db, read_only=True)
     if as_json:
         run = store.get_run(run_id)
         if run is None:
-            raise ForgetbenchError(f"no run with id {run_id} in {store.url}")
+            raise ForgetbenchError(f"no run with id {run_id} in {store.location}")
         run["metrics"] = store.get_metrics([run_id])[run_id]
         print(json.dumps(run, indent=1, default=str))
         return
@@ -276,13 +344,18 @@ def runs(
     """List stored runs (all statuses), or the stale ones with --stale."""
     from datetime import timedelta
 
-    from forgetbench.store import Store
+    from forgetbench.store import STATUSES, Store
 
-    if max_age <= 0:
+    if status is not None and status not in STATUSES:
+        raise ForgetbenchError(
+            f"--status must be one of {', '.join(STATUSES)}, got {status!r}"
+            + did_you_mean(status, STATUSES)
+        )
+    if not max_age > 0:
         raise ForgetbenchError(f"--max-age must be > 0 minutes, got {max_age}")
     if (stale or mark_failed) and status not in (None, "running"):
         raise ForgetbenchError("stale runs are running runs: drop --status")
-    store = Store(db)
+    store = Store(db, read_only=not mark_failed)
     if stale or mark_failed:
         rows = store.stale_runs(timedelta(minutes=max_age))
         title = f"stale runs (process gone, or no heartbeat for {max_age:g} min)"
@@ -315,35 +388,46 @@ def _runs_table(rows: list[dict], title: str) -> Table:
     return table
 
 
+def _error_line(message: str) -> None:
+    """One line on stderr, whatever the message holds (line breaks become spaces)."""
+    err.print(" ".join(str(message).split()), markup=False, highlight=False, soft_wrap=True)
+
+
+def _usage_error(error: typer.TyperException) -> int:
+    """click's usage errors as one line naming the parameter; click's exit code (2)."""
+    message = error.format_message()
+    if message:  # empty when click already printed the help (no arguments at all)
+        context = getattr(error, "ctx", None)
+        command = context.command_path if context is not None else "forgetbench"
+        _error_line(f"error: {message} (see '{command} --help')")
+    return error.exit_code
+
+
 def main() -> None:
-    """Console entry point: one clear error line and exit 1 (traceback only with --debug)."""
+    """Console entry point: one clear error line and a non-zero exit (1 for errors, 2 for
+    usage errors, 128 + signal for an interrupted run); a traceback only with --debug."""
     debug = "--debug" in sys.argv[1:]
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except ForgetbenchError as error:
         if debug:
             raise
-        err.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        failed = f"run {error.run_id} failed: " if error.run_id is not None else ""
+        _error_line(f"error: {failed}{error}")
         sys.exit(1)
-    except KeyboardInterrupt:
-        err.print("interrupted", markup=False)
-        sys.exit(130)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except Exception as error:  # click usage errors and unexpected failures
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Abort):
-            sys.exit(1)
+    except typer.TyperException as error:
+        sys.exit(_usage_error(error))
+    except typer.Abort:
+        _error_line("aborted")
+        sys.exit(1)
+    except Exception as error:
         if debug:
             raise
-        err.print(
-            f"error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+        # a database error's own message, not SQLAlchemy's dump of the statement
+        detail = getattr(error, "orig", None) or error
+        _error_line(
+            f"error: {type(error).__name__}: {detail} (rerun with --debug for the traceback)"
         )
         sys.exit(1)
+    if isinstance(code, int) and code:  # typer.Exit, and Ctrl-C outside a run (130)
+        sys.exit(code)

@@ -4,9 +4,15 @@ one transaction) or ``failed`` / ``interrupted`` with the reason."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
+import re
+import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,12 +20,19 @@ import torch
 from forgetbench import engine
 from forgetbench.api import Compute, Method, Task, TaskData
 from forgetbench.cache import cache_root, hash_json
-from forgetbench.checkpoint import Checkpointer, checkpoint_dir
-from forgetbench.config import TrainConfig, build_config, config_dict, split_overrides
+from forgetbench.checkpoint import Checkpointer, CheckpointLock, checkpoint_dir
+from forgetbench.config import (
+    TrainConfig,
+    build_config,
+    config_dict,
+    operational_settings,
+    split_overrides,
+)
 from forgetbench.context import RunContext
-from forgetbench.errors import ForgetbenchError
+from forgetbench.errors import ForgetbenchError, Interrupted
 from forgetbench.evaluation import derived_metrics, evaluate_splits, flat
 from forgetbench.prior import prepare_prior
+from forgetbench.progress import phase
 from forgetbench.provenance import git_sha, package_versions
 from forgetbench.registry import Registry, get_registry, run_plugin_manager
 from forgetbench.store import Metric, Store
@@ -69,32 +82,26 @@ class ResolvedRun:
     config_hash: str
 
 
+MAX_SEED = 2**31 - 1  # the store's seed column is a 32-bit integer on PostgreSQL
+
+
 def resolve(request: RunRequest, registry: Registry | None = None) -> ResolvedRun:
     """Validate a request fully before anything is stored or computed."""
     registry = registry or get_registry()
     task_entry = registry.task(request.task)
+    if not 0 <= request.seed <= MAX_SEED:
+        raise ForgetbenchError(f"--seed must be in [0, {MAX_SEED}], got {request.seed}")
     if not request.methods:
         raise ForgetbenchError("give at least one --method")
     if len(set(request.methods)) != len(request.methods):
         raise ForgetbenchError(f"a method is given twice: {', '.join(request.methods)}")
     method_entries = [registry.method(name) for name in request.methods]
     task_cls = task_entry.cls
-    sections: dict[str, type | None] = {"train": TrainConfig, "task": task_cls.Config}
-    sections.update({entry.name: entry.cls.Config for entry in method_entries})
-    routed = split_overrides(request.overrides, sections)
-    if request.steps is not None:
-        routed["train"]["steps"] = request.steps
-    train = build_config(TrainConfig, routed["train"], "train", base=task_cls.train_defaults)
-    task_config = build_config(task_cls.Config, routed["task"], "task") if task_cls.Config else None
-    methods = []
-    for entry in method_entries:
-        config = (
-            build_config(entry.cls.Config, routed[entry.name], entry.name)
-            if entry.cls.Config
-            else None
-        )
-        methods.append(entry.cls(config))
+    train, task_config, methods = _build_configs(request, task_cls, method_entries, registry)
     run_plugin_manager(methods)  # firstresult conflicts are errors before anything runs
+    engine.check_device(train)
+    if request.prior_model:
+        check_prior_model(request.prior_model)
     config = {
         "task": task_cls.metadata.name,
         "task_version": task_cls.metadata.version,
@@ -107,7 +114,104 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> ResolvedRu
         config["trust_remote_code"] = True
     providers = {"task": task_entry.provider}
     providers.update({entry.name: entry.provider for entry in method_entries})
-    return ResolvedRun(task_cls(task_config), methods, train, providers, config, hash_json(config))
+    config_hash = experiment_hash(config, TrainConfig(**task_cls.train_defaults))
+    return ResolvedRun(task_cls(task_config), methods, train, providers, config, config_hash)
+
+
+def experiment_hash(config: dict[str, Any], train_defaults: TrainConfig) -> str:
+    """The hash of what a run computes: its config with the operational settings (checkpoints,
+    device, evaluation batch) at the task's defaults, so a default config keeps the hash it
+    always had and a checkpointed run shares the leaderboard row of an unchecked one."""
+    train = dict(config["train"])
+    train.update({name: getattr(train_defaults, name) for name in operational_settings()})
+    return hash_json({**config, "train": train})
+
+
+def _build_configs(
+    request: RunRequest, task_cls: type[Task], method_entries: list, registry: Registry
+) -> tuple[TrainConfig, Any, list[Method]]:
+    """The train, task and method configs from the overrides, each validated."""
+    sections: dict[str, type | None] = {"train": TrainConfig, "task": task_cls.Config}
+    sections.update({entry.name: entry.cls.Config for entry in method_entries})
+    _check_method_keys(request.overrides, sections, registry)
+    routed = split_overrides(request.overrides, sections)
+    if request.steps is not None:
+        if "steps" in routed["train"]:
+            raise ForgetbenchError(
+                f"--steps {request.steps} and --set steps={routed['train']['steps']} both"
+                " set the number of steps: give one"
+            )
+        routed["train"]["steps"] = str(request.steps)  # converted and checked like --set
+    train = build_config(TrainConfig, routed["train"], "train", base=task_cls.train_defaults)
+    if train.steps < 1:  # 0 would store an untrained model as a perfect, forgetting-free run
+        raise ForgetbenchError(f"invalid train config: steps must be >= 1, got {train.steps}")
+    task_config = build_config(task_cls.Config, routed["task"], "task") if task_cls.Config else None
+    methods = []
+    for entry in method_entries:
+        config = (
+            build_config(entry.cls.Config, routed[entry.name], entry.name)
+            if entry.cls.Config
+            else None
+        )
+        methods.append(entry.cls(config))
+    return train, task_config, methods
+
+
+def _check_method_keys(overrides: dict, sections: dict[str, type | None], registry: Registry):
+    """A ``--set`` key of an installed method that is not in this run says so (rather than
+    suggesting the run's sections)."""
+    in_run = {f.name for cls in sections.values() if cls for f in dataclasses.fields(cls)}
+    for key in overrides:
+        section, dot, _ = key.rpartition(".")
+        if dot and section in registry.methods and section not in sections:
+            raise ForgetbenchError(
+                f"--set {key}: method {section} is not in this run (add --method {section})"
+            )
+        if dot or key in in_run:
+            continue
+        owners = [
+            entry.name
+            for entry in registry.methods.values()
+            if entry.name not in sections
+            and entry.cls.Config
+            and key in {f.name for f in dataclasses.fields(entry.cls.Config)}
+        ]
+        if owners:
+            raise ForgetbenchError(
+                f"--set {key}: a setting of method {', '.join(sorted(owners))}, not in this run"
+                f" (add --method {sorted(owners)[0]})"
+            )
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def hub_offline() -> bool:
+    """Whether the hub libraries are off the network (``forgetbench run`` sets them so unless
+    the user passes ``--online`` or set ``HF_HUB_OFFLINE`` already)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_prior_model(source: str) -> None:
+    """``--prior-model`` must be a non-empty local directory, or a hub id (cached, when the
+    hub is offline): anything else fails here, before a run row is written."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not any(path.iterdir()):
+            raise ForgetbenchError(f"--prior-model {source}: the directory is empty")
+        return
+    if path.exists():
+        raise ForgetbenchError(f"--prior-model {source}: not a directory (give a model folder)")
+    if not HUB_ID.fullmatch(source):
+        raise ForgetbenchError(f"--prior-model {source}: no such directory")
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+            raise ForgetbenchError(
+                f"--prior-model {source}: no such directory, and not in the hub cache"
+                " (the hub is offline: pass --online to download it)"
+            )
 
 
 def _changed(config: Any, default: Any) -> str:
@@ -150,51 +254,101 @@ def execute(
     db: str | None = None,
     registry: Registry | None = None,
     resume: int | None = None,
+    force: bool = False,
 ) -> int:
     """Run one experiment and store it; returns the run id. Raises on failure after marking
-    the run row ``failed`` (or ``interrupted``).
+    the run row ``failed`` (or ``interrupted``: then :class:`Interrupted` with the run id).
 
     ``resume`` continues a stored run that did not finish (its row is reused and ``request``
-    is ignored): from its last checkpoint when there is one, else from the start. A run whose
-    (config, seed) has a checkpoint left by an interrupted run resumes from it automatically.
+    is ignored): from its last checkpoint when there is one, else from the start. A run still
+    alive is refused unless ``force``. A run whose (config, seed) has a checkpoint left by an
+    interrupted run resumes from it automatically.
     """
-    store, request, resolved, run_id = _open_run(request, db, registry, resume)
+    store, request, resolved, run_id, lock = _open_run(request, db, registry, resume, force)
     try:
-        Run(request, resolved, store, run_id).execute()
-    except KeyboardInterrupt:
-        store.fail_run(run_id, "interrupted (SIGINT/SIGTERM)", status="interrupted")
-        raise
+        Run(request, resolved, store, run_id, use_checkpoint=lock is not None).execute()
+    except KeyboardInterrupt as interrupt:
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        reason = f"interrupted ({signal.Signals(signum).name})"
+        store.fail_run(run_id, reason, status="interrupted")
+        raise Interrupted(signum, run_id) from interrupt
     except BaseException as error:
         store.fail_run(run_id, f"{type(error).__name__}: {error}")
+        if isinstance(error, ForgetbenchError):
+            error.run_id = run_id
         raise
+    finally:
+        if lock is not None:
+            lock.release()
     return run_id
 
 
 def _open_run(
-    request: RunRequest | None, db: str | None, registry: Registry | None, resume: int | None
-) -> tuple[Store, RunRequest, ResolvedRun, int]:
-    """Validate everything, then write (or reopen, for ``resume``) the run row."""
-    if resume is None:
-        if request is None:
-            raise ForgetbenchError("nothing to run: give a request or a run to resume")
-        resolved = resolve(request, registry)  # bad input fails before anything is stored
-        store = Store(db)
-        return store, request, resolved, _start_row(store, request, resolved)
+    request: RunRequest | None,
+    db: str | None,
+    registry: Registry | None,
+    resume: int | None,
+    force: bool,
+) -> tuple[Store, RunRequest, ResolvedRun, int, CheckpointLock | None]:
+    """Validate everything, take the checkpoint's lock, then write (or reopen, for
+    ``resume``) the run row. The lock is None when another run holds it: this run then
+    neither reads nor writes the shared checkpoint."""
+    if resume is not None:
+        return _reopen_run(resume, db, registry, force)
+    if request is None:
+        raise ForgetbenchError("nothing to run: give a request or a run to resume")
+    resolved = resolve(request, registry)  # bad input fails before anything is stored
+    store = Store(db)
+    lock = CheckpointLock(checkpoint_dir(resolved.config_hash, request.seed))
+    if not lock.acquire():
+        log.warning(
+            "an identical run (%s) holds the checkpoint of this config and seed: this run"
+            " will not checkpoint",
+            lock.holder() or "another process",
+        )
+        lock = None
+    try:
+        run_id = _start_row(store, request, resolved)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return store, request, resolved, run_id, lock
+
+
+def _reopen_run(
+    resume: int, db: str | None, registry: Registry | None, force: bool
+) -> tuple[Store, RunRequest, ResolvedRun, int, CheckpointLock]:
     store = Store(db)
     previous = store.get_run(resume)
     if previous is None:
-        raise ForgetbenchError(f"no run with id {resume} in {store.url}")
+        raise ForgetbenchError(f"no run with id {resume} in {store.location}")
     if previous["status"] == "ok":
         raise ForgetbenchError(f"run {resume} already finished (status ok)")
+    if store.is_live(previous) and not force:
+        raise ForgetbenchError(
+            f"run {resume} is still running ({previous['hostname']}:{previous['pid']}, last"
+            f" heartbeat {str(previous['heartbeat_at'])[:19]}): stop it first, or if it is"
+            " gone pass --force"
+        )
     request = request_from_run(previous)
     resolved = resolve(request, registry)
+    if previous["config_hash"] == hash_json(resolved.config):
+        # stored before operational settings left the hash: it keeps its hash and checkpoint
+        resolved = dataclasses.replace(resolved, config_hash=previous["config_hash"])
     if resolved.config_hash != previous["config_hash"]:
         raise ForgetbenchError(
             f"run {resume}'s stored config no longer resolves to the"
             " same config (a plugin changed); start a new run instead"
         )
+    lock = CheckpointLock(checkpoint_dir(resolved.config_hash, request.seed))
+    if not lock.acquire():
+        raise ForgetbenchError(
+            f"run {resume}'s checkpoint is in use by another process"
+            f" ({lock.holder() or 'unknown'}): wait for it to finish"
+        )
     store.reopen_run(resume, versions=package_versions(resolved.providers), git_sha=git_sha())
-    return store, request, resolved, resume
+    return store, request, resolved, resume, lock
 
 
 def _start_row(store: Store, request: RunRequest, resolved: ResolvedRun) -> int:
@@ -223,32 +377,59 @@ class Run:
     """One run as named steps: context, data, prior model, new task, evaluate, set up the
     methods, fine-tune, finalise, evaluate, store."""
 
-    def __init__(self, request: RunRequest, resolved: ResolvedRun, store: Store, run_id: int):
+    def __init__(
+        self,
+        request: RunRequest,
+        resolved: ResolvedRun,
+        store: Store,
+        run_id: int,
+        use_checkpoint: bool = True,
+    ):
         self.request, self.resolved, self.store, self.run_id = request, resolved, store, run_id
         self.task, self.methods = resolved.task, resolved.methods
         self.hooks = run_plugin_manager(self.methods).hook
+        self.use_checkpoint = use_checkpoint
+        self.checkpointer: Checkpointer | None = None
 
     def execute(self) -> None:
         started = time.perf_counter()
         ctx = self.make_context()
-        data = self.load_data(ctx)
-        model = self.init_model(ctx, data)
-        before = evaluate_splits(ctx, model, data)
-        model, sampler = self.setup_methods(ctx, model, data)
+        with phase("loading data"), self.hub_hint():
+            data = self.load_data(ctx)
+        with phase("preparing the prior model"), self.hub_hint():
+            model = self.init_model(ctx, data)
+        with phase("evaluating before fine-tuning"):
+            before = evaluate_splits(ctx, model, data)
+        with phase("setting up the methods"):
+            model, sampler = self.setup_methods(ctx, model, data)
         model, curve = self.fine_tune(ctx, model, data, sampler)
-        model = _chain(
-            self.hooks.forgetbench_finalize,
-            ctx=ctx,
-            model=model,
-            evaluate=lambda candidate: flat(evaluate_splits(ctx, candidate, data)),
-        )
-        after = evaluate_splits(ctx, model, data)
+        with phase("evaluating after fine-tuning"):
+            model = _chain(
+                self.hooks.forgetbench_finalize,
+                ctx=ctx,
+                model=model,
+                evaluate=lambda candidate: flat(evaluate_splits(ctx, candidate, data)),
+            )
+            after = evaluate_splits(ctx, model, data)
         results, curve = self.diagnostics(
             ctx, derived_metrics(self.task.metadata, before, after), curve
         )
         ctx.compute.wall_seconds = engine.elapsed(started)
         self.store.finish_run(self.run_id, results, curve, ctx.compute.as_dict())
-        self.checkpointer.clear()
+        if self.checkpointer is not None:
+            self.checkpointer.clear()
+
+    @contextlib.contextmanager
+    def hub_hint(self):
+        """A task that may download, failing while the hub is offline, says how to allow it."""
+        try:
+            yield
+        except ForgetbenchError as error:
+            if self.task.metadata.offline or not hub_offline():
+                raise
+            raise ForgetbenchError(
+                f"{error} (the hub is offline: pass --online to allow downloads)"
+            ) from error
 
     def make_context(self) -> RunContext:
         engine.seed_everything(self.request.seed)
@@ -269,10 +450,10 @@ class Run:
         """The task's splits, refused when one is empty; their fingerprints are stored."""
         data = self.task.load_data(ctx)
         for split in data.splits():
-            if len(split) == 0:
+            if len(split) == 0:  # training would loop forever, evaluation divide by zero
                 raise ForgetbenchError(
-                    f"task {self.task.metadata.name!r}: split {split.name} is empty"
-                    " (check the task's size settings)"
+                    f"task {self.task.metadata.name!r}: split {split.name} has 0 examples"
+                    f" (sizes: {_split_sizes(data)}); check the task's size settings"
                 )
         self.store.update_run(self.run_id, data_fingerprints=data.fingerprints())
         return data
@@ -297,17 +478,8 @@ class Run:
         return model, sampler
 
     def fine_tune(self, ctx: RunContext, model: torch.nn.Module, data: TaskData, sampler):
-        methods, compute = self.methods, ctx.compute
-        self.checkpointer = Checkpointer(
-            checkpoint_dir(self.resolved.config_hash, self.request.seed),
-            ctx.train.checkpoint_every,
-            extra_state=lambda: {
-                "methods": {m.name: m.state_dict() for m in methods},
-                "compute": compute.as_dict(),
-            },
-            load_extra_state=lambda state: _load_extra_state(state, methods, compute),
-            on_save=lambda step: self.store.heartbeat(self.run_id),
-        )
+        methods = self.methods
+        self.checkpointer = self.make_checkpointer(ctx) if self.use_checkpoint else None
         engine.seed_everything(self.request.seed)
         loop = engine.TrainLoop(
             ctx,
@@ -322,6 +494,20 @@ class Run:
         )
         return loop.run(model)
 
+    def make_checkpointer(self, ctx: RunContext) -> Checkpointer:
+        """The checkpoint of this (config, seed), carrying the methods' state and compute."""
+        methods, compute = self.methods, ctx.compute
+        return Checkpointer(
+            checkpoint_dir(self.resolved.config_hash, self.request.seed),
+            ctx.train.checkpoint_every,
+            extra_state=lambda: {
+                "methods": {m.name: m.state_dict() for m in methods},
+                "compute": compute.as_dict(),
+            },
+            load_extra_state=lambda state: _load_extra_state(state, methods, compute),
+            on_save=lambda step: self.store.heartbeat(self.run_id),
+        )
+
     def diagnostics(self, ctx: RunContext, results: list[Metric], curve: list):
         """Append the methods' diagnostics (``run/derived/<name>``) and series."""
         for extra in self.hooks.forgetbench_diagnostics(ctx=ctx):
@@ -330,6 +516,10 @@ class Run:
                 results += [Metric("run", "derived", k, v) for k, v in metrics.items()]
                 curve += list(extra.get("series", []))
         return results, curve
+
+
+def _split_sizes(data: TaskData) -> str:
+    return ", ".join(f"{split.name} {len(split)}" for split in data.splits())
 
 
 def _load_extra_state(state: dict, methods: list[Method], compute: Compute) -> None:

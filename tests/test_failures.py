@@ -139,7 +139,7 @@ def test_sigterm_marks_the_run_interrupted(db, tmp_path):
         if process.poll() is None:
             process.kill()
     assert process.returncode != 0
-    assert "KeyboardInterrupt" in stderr
+    assert "Interrupted: signal 15 in run 1" in stderr
     (run,) = Store(db).get_runs()
     assert run["status"] == "interrupted"
-    assert run["error"] == "interrupted (SIGINT/SIGTERM)"
+    assert run["error"] == "interrupted (SIGTERM)"
