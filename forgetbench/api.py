@@ -49,6 +49,8 @@ __all__ = [
     "TrainConfig",
     "check",
     "hookimpl",
+    "masked_mean",
+    "tap_layers",
 ]
 
 
@@ -420,6 +422,21 @@ class Task(ABC):
         loss is meaningless (e.g. a fresh classification head: a linear probe). None: FLOW uses
         the prior model's own per-sample loss."""
         return None
+
+
+# -- helpers families share ----------------------------------------------------------------------
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over non-padding tokens: [B, T, D], [B, T] -> [B, D]."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def tap_layers(num_layers: int, taps: int = 4) -> list[int]:
+    """Evenly spaced hidden-state indices from the embedding output (0) to the last layer:
+    the feature taps LDIFS reads (4 taps: 0, L/3, 2L/3, L)."""
+    return sorted({round(i * num_layers / (taps - 1)) for i in range(taps)})
 
 
 def __getattr__(name: str):

@@ -22,9 +22,11 @@ rehearsal, but draws them from the estimated distribution of CD samples:
   the pool size (bench/bench_mixcd_sampler.py).
 
 Defaults: ``mix_ratio=0.25`` matches ``random`` so the two compare at equal budget;
-``partitions=label,confidence`` with ``factorised`` combination and ``bins=4`` follow
-DESIGN.md's mix-cd description (label bins plus f0-confidence quantiles); no confidence filter
-and no decay unless asked for.
+``partitions`` unset means the task's main partition (the first it lists: ``label`` for
+classification, ``question_type`` for QA) plus f0-confidence quantiles, with ``factorised``
+combination and ``bins=4``, following DESIGN.md's mix-cd description (label bins plus
+f0-confidence quantiles) on every family; no confidence filter and no decay unless asked for.
+The schemes a run used are stored (``run/derived/cells`` and the ``mixcd/alpha/...`` series).
 """
 
 from __future__ import annotations
@@ -182,9 +184,12 @@ def build_cells(
 @dataclass
 class MixCDConfig:
     mix_ratio: float = field(default=0.25, metadata={"help": "share of each batch rehearsed"})
-    partitions: tuple[str, ...] = field(
-        default=("label", "confidence"),
-        metadata={"help": "loss, confidence, or the task's partitions (label, genre, ...)"},
+    partitions: tuple[str, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "loss, confidence, or the task's partitions (label, genre, ...);"
+            " unset: the task's first partition and confidence"
+        },
     )
     combine: str = field(default="factorised", metadata={"help": "joint | factorised"})
     bins: int = field(default=4, metadata={"help": "quantile bins for loss / confidence"})
@@ -199,11 +204,12 @@ class MixCDConfig:
 
     def __post_init__(self):
         check(0.0 < self.mix_ratio < 1.0, f"mix_ratio must be in (0, 1), got {self.mix_ratio}")
-        check(len(self.partitions) >= 1, "partitions needs at least one scheme")
-        self.partitions = tuple(self.partitions)
-        for scheme in self.partitions:
-            check(scheme.isidentifier(), f"partitions: {scheme!r} is not a scheme name")
-        check(len(set(self.partitions)) == len(self.partitions), "partitions repeat a scheme")
+        if self.partitions is not None:
+            self.partitions = tuple(self.partitions)
+            check(len(self.partitions) >= 1, "partitions needs at least one scheme")
+            for scheme in self.partitions:
+                check(scheme.isidentifier(), f"partitions: {scheme!r} is not a scheme name")
+            check(len(set(self.partitions)) == len(self.partitions), "partitions repeat a scheme")
         check(
             self.combine in ("joint", "factorised"),
             f"combine must be joint or factorised, got {self.combine!r}",
@@ -251,13 +257,10 @@ class MixCD(Method):
                 "mixcd: the candidate pool is empty (no prior sample is"
                 " right with the required confidence)"
             )
+        task_schemes = ctx.task.partitions(data)
+        self.schemes = config.partitions or (*list(task_schemes)[:1], "confidence")
         cells, scheme_codes, sizes = build_cells(
-            config.partitions,
-            config.bins,
-            predictions.loss,
-            predictions.confidence,
-            ctx.task.partitions(data),
-            pool,
+            self.schemes, config.bins, predictions.loss, predictions.confidence, task_schemes, pool
         )
         cell_of = np.full(len(data.prior_train), -1, dtype=np.int64)
         cell_of[pool] = cells
@@ -293,7 +296,7 @@ class MixCD(Method):
 
     def _snapshot(self, step: int) -> None:
         estimator = self.sampler.estimator
-        names = self.config.partitions
+        names = self.schemes
         if estimator.factorised:
             for scheme, rates in zip(names, estimator.scheme_rates(), strict=True):
                 self.series += [

@@ -29,6 +29,8 @@ from forgetbench.api import (
     Stage0Spec,
     Task,
     TaskData,
+    masked_mean,
+    tap_layers,
 )
 from forgetbench.cache import hash_dir
 
@@ -50,17 +52,6 @@ class EncoderClassifier(nn.Module):
 
     def add_head(self, name: str, num_labels: int) -> None:
         self.heads[name] = nn.Linear(self.encoder.config.hidden_size, num_labels)
-
-
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over non-padding tokens: [B, T, D], [B, T] -> [B, D]."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-
-def tap_layers(num_layers: int, taps: int = 4) -> list[int]:
-    """Evenly spaced hidden-state indices from the embedding output (0) to the last layer."""
-    return sorted({round(i * num_layers / (taps - 1)) for i in range(taps)})
 
 
 def fit_probe_losses(
