@@ -192,3 +192,21 @@ def test_the_family_imports_only_the_public_api():
             for name in names:
                 if name.startswith("forgetbench"):
                     assert name in allowed, f"{path.name} imports {name}"
+
+
+def test_windows_that_stop_before_the_end_of_the_context_are_refused(tokenizer):
+    from forgetbench.api import ForgetbenchError
+    from forgetbench_tasks.qa.base import check_coverage
+
+    examples = [example(1, ZEBRA_CONTEXT, "zebra")]
+    encoding = tokenizer(
+        [examples[0]["question"]],
+        [ZEBRA_CONTEXT],
+        truncation="only_second",
+        max_length=48,
+        return_offsets_mapping=True,
+    )  # no overflow: one window, the rest of the context is lost
+    with pytest.raises(ForgetbenchError, match="windows stop at character"):
+        check_coverage(encoding, [0], examples)
+    windows = encode_windows(tokenizer, examples, 48, 8)  # overflowing windows: all covered
+    check_coverage(windows.encoding, windows.example_of, examples)

@@ -131,6 +131,7 @@ def encode_windows(
         return_offsets_mapping=True,
     )
     example_of = list(encoding["overflow_to_sample_mapping"])
+    check_coverage(encoding, example_of, examples)
     gold = []
     for window, index in enumerate(example_of):
         answers = examples[index]["answers"]
@@ -142,6 +143,31 @@ def encode_windows(
         offsets = encoding["offset_mapping"][window]
         gold.append(answer_token_span(offsets, encoding.sequence_ids(window), start, end))
     return Windows(encoding, example_of, gold)
+
+
+def check_coverage(encoding, example_of: list[int], examples: Sequence[dict[str, Any]]) -> None:
+    """Refuse windows that stop before the end of their context.
+
+    Some tokenizer versions (seen with transformers 5.17 / tokenizers 0.23.2) return fewer
+    overflowing windows than the context needs, so answers past them would silently point at
+    [CLS] in training and never be found in evaluation.
+    """
+    reached: dict[int, int] = {}
+    for window, index in enumerate(example_of):
+        offsets, sequences = encoding["offset_mapping"][window], encoding.sequence_ids(window)
+        ends = [end for (_, end), sequence in zip(offsets, sequences, strict=True) if sequence == 1]
+        reached[index] = max([reached.get(index, 0), *ends])
+    for index, example in enumerate(examples):
+        if example["context"][reached.get(index, 0) :].strip():
+            import tokenizers
+            import transformers
+
+            raise ForgetbenchError(
+                f"the tokenizer's windows stop at character {reached.get(index, 0)} of a"
+                f" {len(example['context'])}-character context (transformers"
+                f" {transformers.__version__}, tokenizers {tokenizers.__version__}): upgrade"
+                " transformers to >= 5.23"
+            )
 
 
 def answer_windows(windows: Windows) -> list[int]:
