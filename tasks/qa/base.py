@@ -148,7 +148,7 @@ def encode_windows(
 def check_coverage(encoding, example_of: list[int], examples: Sequence[dict[str, Any]]) -> None:
     """Refuse windows that stop before the end of their context.
 
-    Some tokenizer versions (seen with transformers 5.17 / tokenizers 0.23.2) return fewer
+    Some tokenizer versions (seen with tokenizers 0.23.2) return fewer
     overflowing windows than the context needs, so answers past them would silently point at
     [CLS] in training and never be found in evaluation.
     """
@@ -166,7 +166,7 @@ def check_coverage(encoding, example_of: list[int], examples: Sequence[dict[str,
                 f"the tokenizer's windows stop at character {reached.get(index, 0)} of a"
                 f" {len(example['context'])}-character context (transformers"
                 f" {transformers.__version__}, tokenizers {tokenizers.__version__}): upgrade"
-                " transformers to >= 5.23"
+                " tokenizers to >= 0.23.3"
             )
 
 
