@@ -46,6 +46,13 @@ VOCAB = 64
 PAD = 0
 CLS = 1
 FILLER = (20, VOCAB)  # tokens that carry no label
+# The mock tasks' fine-tuning budget: seconds on a CPU.
+MOCK_TRAIN_DEFAULTS: dict[str, Any] = {
+    "steps": 20,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "eval_batch_size": 64,
+}
 
 
 def tiny_bert_config(hidden: int = 32, layers: int = 2):
@@ -144,12 +151,7 @@ class TinyTextTask(Task):
         offline=True,
     )
     Config = TinyConfig
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "steps": 20,
-        "batch_size": 16,
-        "lr": 1e-3,
-        "eval_batch_size": 64,
-    }
+    train_defaults: ClassVar[dict[str, Any]] = MOCK_TRAIN_DEFAULTS
 
     def load_data(self, ctx: RunContext) -> TaskData:
         c = self.config
@@ -279,12 +281,7 @@ class TinyQATask(Task):
         offline=True,
     )
     Config = TinyQAConfig
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "steps": 20,
-        "batch_size": 16,
-        "lr": 1e-3,
-        "eval_batch_size": 64,
-    }
+    train_defaults: ClassVar[dict[str, Any]] = MOCK_TRAIN_DEFAULTS
 
     def load_data(self, ctx: RunContext) -> TaskData:
         c = self.config

@@ -4,10 +4,10 @@ never reaches the leaderboard: exceptions, Ctrl-C, and SIGTERM from a scheduler.
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from reliability_helpers import wait_for
 
 from forgetbench.api import Method
 from forgetbench.hookspecs import hookimpl
@@ -102,17 +102,6 @@ overrides = dict(arg.split("=", 1) for arg in sys.argv[3:])
 request = RunRequest(task="tiny", methods=["slow-steps"], steps=10_000, overrides=overrides)
 execute(request, db=db, registry=registry_with(SlowSteps))
 """
-
-
-def wait_for(condition, process: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"the run exited early: {process.communicate()[1][-2000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("timed out waiting for the run")
-        time.sleep(0.05)
 
 
 def test_sigterm_marks_the_run_interrupted(db, tmp_path):
