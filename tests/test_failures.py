@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from reliability_helpers import wait_for
+from reliability_helpers import SMALL, wait_for
 
 from forgetbench.api import Method
 from forgetbench.hookspecs import hookimpl
@@ -15,15 +15,6 @@ from forgetbench.report import leaderboard
 from forgetbench.runner import RunRequest, execute
 from forgetbench.store import Store
 from forgetbench.testing import registry_with
-
-# A small tiny task: no stage-0 training, a few steps.
-SMALL = {
-    "task.stage0_steps": "0",
-    "task.prior_train_size": "32",
-    "task.prior_eval_size": "16",
-    "task.new_train_size": "32",
-    "task.new_eval_size": "16",
-}
 
 
 class SetupFails(Method):
