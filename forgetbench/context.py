@@ -82,10 +82,12 @@ class RunContext:
         self.new_param_names = new_param_names
         self.prior_cache = PriorCache(self, prior_train)
 
-    def for_stage0(self, train: TrainConfig, accelerator: Accelerator) -> RunContext:
-        """The context stage 0 trains under: seed 0 and compute of its own (the prior model
-        belongs to the scenario, not to a run)."""
-        return RunContext(
+    def for_stage0(
+        self, train: TrainConfig, accelerator: Accelerator, bundle: ModelBundle
+    ) -> RunContext:
+        """The context stage 0 trains ``bundle`` under: seed 0 and compute of its own (the
+        prior model belongs to the scenario, not to a run)."""
+        stage_ctx = RunContext(
             run_id=None,
             seed=0,
             task=self.task,
@@ -96,6 +98,8 @@ class RunContext:
             trust_remote_code=self.trust_remote_code,
             accelerator=accelerator,
         )
+        stage_ctx.bundle = bundle
+        return stage_ctx
 
     def generator(self, purpose: str) -> np.random.Generator:
         """A numpy generator derived from the run seed and a purpose string."""

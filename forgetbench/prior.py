@@ -8,16 +8,15 @@ from pathlib import Path
 
 import torch
 
-from forgetbench.api import ModelBundle, Task, TaskData
+from forgetbench.api import ModelBundle, Stage0Spec, Task, TaskData
 from forgetbench.cache import cached_dir, hash_json
 from forgetbench.config import config_dict
 from forgetbench.context import RunContext
 from forgetbench.engine import TrainLoop, make_accelerator, seed_everything
 
 
-def stage0_key(task: Task, data: TaskData) -> str:
+def stage0_key(task: Task, spec: Stage0Spec, data: TaskData) -> str:
     """The stage-0 cache key: base weights, prior data, stage-0 budget and the task's extras."""
-    spec = task.stage0
     return hash_json(
         {
             "task": task.metadata.family,
@@ -30,11 +29,10 @@ def stage0_key(task: Task, data: TaskData) -> str:
     )
 
 
-def train_stage0(task: Task, bundle: ModelBundle, data: TaskData, ctx: RunContext):
+def train_stage0(spec: Stage0Spec, bundle: ModelBundle, data: TaskData, ctx: RunContext):
     """Fine-tune the task's base model on the prior task with the stage-0 budget, seed 0."""
-    accelerator = make_accelerator(task.stage0.train)
-    stage_ctx = ctx.for_stage0(task.stage0.train, accelerator)
-    stage_ctx.bundle = bundle
+    accelerator = make_accelerator(spec.train)
+    stage_ctx = ctx.for_stage0(spec.train, accelerator, bundle)
     loop = TrainLoop(stage_ctx, accelerator, data.prior_train, label="stage 0", train_is_prior=True)
     model, _ = loop.run(bundle.model.to(accelerator.device))
     return model
@@ -47,17 +45,18 @@ def prepare_prior(
     if prior_model:
         return task.load_prior(ctx, prior_model)
     seed_everything(0)  # the prior model belongs to the scenario: its init never varies
-    if task.stage0 is None:
+    spec = task.stage0  # read once: a task may hash its base weights to build it
+    if spec is None:
         return task.build_prior(ctx, data)
-    key = stage0_key(task, data)
+    key = stage0_key(task, spec, data)
 
     def build(directory: Path) -> dict:
         ctx.logger.info("stage 0: training the prior model (cached afterwards)")
         torch.manual_seed(0)
         bundle = task.build_prior(ctx, data)
-        model = train_stage0(task, bundle, data, ctx)
+        model = train_stage0(spec, bundle, data, ctx)
         task.save_bundle(dataclasses.replace(bundle, model=model.cpu()), directory)
-        return {"task": task.metadata.name, "stage0": config_dict(task.stage0.train)}
+        return {"task": task.metadata.name, "stage0": config_dict(spec.train)}
 
     bundle = task.load_bundle(cached_dir("stage0", key, build))
     return dataclasses.replace(bundle, identity=key, source=f"stage-0:{task.metadata.name}")
