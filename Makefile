@@ -1,6 +1,6 @@
 # The README's two commands: `make demo` (the offline default job) and `make test`.
 # Both set everything up on a fresh machine: a .venv with the pinned packages, and the
-# Debian data package the offline scenario reads (WordNet).
+# Debian data packages the offline scenarios read (tasks/*/debian-packages.txt).
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,15 +12,11 @@ SEEDS ?= 0
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,postgres]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,postgres,clip]'
 	touch $(STAMP)
 
 data:
-	@if [ ! -f /usr/share/wordnet/data.noun ]; then \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wordnet-base; \
-	fi
+	scripts/debian_data.sh
 
 setup: $(STAMP) data
 
