@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from forgetbench.cache import hash_dir, hash_file, hash_json
 from forgetbench.config import TrainConfig, check
-from forgetbench.errors import ForgetbenchError
+from forgetbench.errors import ForgetbenchError, did_you_mean
 from forgetbench.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -48,6 +49,10 @@ __all__ = [
     "TaskMetadata",
     "TrainConfig",
     "check",
+    "did_you_mean",
+    "hash_dir",
+    "hash_file",
+    "hash_json",
     "hookimpl",
     "masked_mean",
     "tap_layers",

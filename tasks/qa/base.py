@@ -39,10 +39,11 @@ from forgetbench.api import (
     Task,
     TaskData,
     TrainConfig,
+    hash_dir,
+    hash_json,
     masked_mean,
     tap_layers,
 )
-from forgetbench.cache import hash_dir, hash_json
 
 if TYPE_CHECKING:
     from forgetbench.api import RunContext

@@ -29,10 +29,10 @@ from forgetbench.api import (
     Stage0Spec,
     Task,
     TaskData,
+    hash_dir,
     masked_mean,
     tap_layers,
 )
-from forgetbench.cache import hash_dir
 
 
 class EncoderClassifier(nn.Module):

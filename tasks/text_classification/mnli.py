@@ -11,9 +11,17 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
-from forgetbench.api import ModelBundle, RunContext, Split, TaskData, TaskMetadata, check
-from forgetbench.cache import hash_dir, hash_json
-from forgetbench.errors import ForgetbenchError
+from forgetbench.api import (
+    ForgetbenchError,
+    ModelBundle,
+    RunContext,
+    Split,
+    TaskData,
+    TaskMetadata,
+    check,
+    hash_dir,
+    hash_json,
+)
 from forgetbench_tasks.text_classification.base import ClassificationTask, EncoderClassifier
 
 

@@ -13,8 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import yaml
 
-from forgetbench.api import RunContext, Split, TaskData, TaskMetadata, check
-from forgetbench.errors import ForgetbenchError
+from forgetbench.api import ForgetbenchError, RunContext, Split, TaskData, TaskMetadata, check
 from forgetbench_tasks.offline_models import minilm_l6_path
 from forgetbench_tasks.text_classification.base import ClassificationTask
 
