@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -22,15 +22,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from forgetbench.cache import hash_dir, hash_file, hash_json
+from forgetbench.cache import cached_dir, hash_dir, hash_file, hash_json
 from forgetbench.config import TrainConfig, check
 from forgetbench.errors import ForgetbenchError, did_you_mean
 from forgetbench.hookspecs import hookimpl
+from forgetbench.progress import phase, progress
 
 if TYPE_CHECKING:
     from forgetbench.context import RunContext
+    from forgetbench.rehearsal import REHEARSAL_COLUMNS, RehearsalMonitor
+    from forgetbench.testing import RunResult, run_for_test
 
 __all__ = [
+    "REHEARSAL_COLUMNS",
     "Batch",
     "Compute",
     "EvalResult",
@@ -41,13 +45,16 @@ __all__ = [
     "PerSample",
     "PriorPredictions",
     "PriorSampler",
+    "RehearsalMonitor",
     "RunContext",
+    "RunResult",
     "Split",
     "Stage0Spec",
     "Task",
     "TaskData",
     "TaskMetadata",
     "TrainConfig",
+    "cached_dir",
     "check",
     "did_you_mean",
     "hash_dir",
@@ -55,6 +62,11 @@ __all__ = [
     "hash_json",
     "hookimpl",
     "masked_mean",
+    "pad_logits",
+    "phase",
+    "plugin_cache",
+    "progress",
+    "run_for_test",
     "tap_layers",
 ]
 
@@ -117,19 +129,25 @@ class Split:
 
 @dataclass
 class TaskData:
-    """The four splits of a two-stage scenario, plus task-specific ``info`` (label names...)."""
+    """The four splits of a two-stage scenario, plus task-specific ``info`` (label names...).
+
+    ``provenance``: strings that identify the data or its scoring beyond the splits' contents
+    (e.g. a hash of the source files read, a metric's signature); stored with the run's split
+    fingerprints.
+    """
 
     prior_train: Split
     prior_eval: Split
     new_train: Split
     new_eval: Split
     info: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)
 
     def splits(self) -> tuple[Split, Split, Split, Split]:
         return (self.prior_train, self.prior_eval, self.new_train, self.new_eval)
 
     def fingerprints(self) -> dict[str, str]:
-        return {split.name: split.fingerprint() for split in self.splits()}
+        return {**{split.name: split.fingerprint() for split in self.splits()}, **self.provenance}
 
 
 @dataclass
@@ -164,12 +182,20 @@ class PerSample:
     criterion of a right answer, from the same forward pass: no decoding, no extra pass),
     ``confidence`` [B] float (probability of the predicted answer), ``features``: optional list
     of [B, D] tensors at the task's feature taps (``with_features=True``).
+
+    ``logits``: optional [B, C] float scores whose softmax is the model's predictive
+    distribution over the answers ``loss`` is the cross-entropy of (attached to the graph like
+    ``loss``), for methods that need the model's own distribution (e.g. EWC's true Fisher: sample
+    an answer from it). Classes a row cannot take are ``-inf`` (rows of two heads in one batch
+    are padded to the wider one). None where a task does not give them (e.g. span extraction);
+    :meth:`detach_cpu` drops them.
     """
 
     loss: torch.Tensor
     success: torch.Tensor
     confidence: torch.Tensor
     features: list[torch.Tensor] | None = None
+    logits: torch.Tensor | None = None
 
     def detach_cpu(self) -> PerSample:
         return PerSample(
@@ -209,11 +235,20 @@ class PriorPredictions:
 
 @dataclass
 class Compute:
-    """Compute spent by a run, in samples (one sample = one example through the model)."""
+    """Compute spent by a run, in samples (one sample = one example through the model).
+
+    ``forwarded`` / ``backpropagated``: the training steps' samples. ``extra_inference``: forward
+    passes methods spend of their own (a frozen reference model, a pre-pass, a probe);
+    ``extra_backward``: backward passes methods spend of their own (e.g. EWC's Fisher), counted
+    separately because a backward pass costs about twice a forward one. ``eval_inference``: the
+    core's evaluation. A method adds to the extra columns through ``RunContext.forward`` /
+    ``predict`` / ``batches`` with ``extra=True`` and ``RunContext.count_extra``.
+    """
 
     forwarded: int = 0
     backpropagated: int = 0
     extra_inference: int = 0
+    extra_backward: int = 0
     eval_inference: int = 0
     wall_seconds: float = 0.0
 
@@ -432,6 +467,36 @@ class Task(ABC):
 # -- helpers families share ----------------------------------------------------------------------
 
 
+def plugin_cache(
+    ctx: RunContext, plugin: str, key: dict[str, Any], build: Callable[[Path], dict | None]
+) -> Path:
+    """A plugin's own on-disk cache entry, shared by every run that has the same prior model.
+
+    The entry is ``<cache>/plugin-<plugin>/<sha256>``, keyed by the prior model's identity
+    (``ctx.bundle.identity``), the task's name and version and ``key`` (whatever else changes
+    the result: settings, data fingerprints). ``build(directory)`` writes the entry's files when
+    it is missing or corrupt (checked against a manifest) and may return metadata; the entry's
+    directory is returned. A hit skips the work, so charge its compute anyway
+    (``ctx.count_extra``): a run's reported cost must not depend on what is on disk.
+    """
+    meta = ctx.task.metadata
+    full = {"prior": ctx.bundle.identity, "task": [meta.name, meta.version], "key": key}
+    return cached_dir(f"plugin-{plugin}", hash_json(full), build)
+
+
+def pad_logits(size: int, parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """:attr:`PerSample.logits` of a batch whose rows go through heads of different widths.
+
+    ``parts``: (row indices [R], logits [R, C_head]) per head; returns [size, max C_head] with
+    ``-inf`` where a row's head has fewer classes (probability 0 under softmax)."""
+    width = max(logits.shape[1] for _, logits in parts)
+    padded = parts[0][1].new_full((size, width), float("-inf"))
+    for rows, logits in parts:
+        filler = logits.new_full((logits.shape[0], width - logits.shape[1]), float("-inf"))
+        padded = padded.index_copy(0, rows, torch.cat([logits, filler], dim=1))
+    return padded
+
+
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over non-padding tokens: [B, T, D], [B, T] -> [B, D]."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -444,11 +509,20 @@ def tap_layers(num_layers: int, taps: int = 4) -> list[int]:
     return sorted({round(i * num_layers / (taps - 1)) for i in range(taps)})
 
 
-def __getattr__(name: str):
-    # RunContext lives in forgetbench.context (it needs the engine); re-exported lazily here
-    # so plugins import every public name from one module.
-    if name == "RunContext":
-        from forgetbench.context import RunContext
+# Public names defined in modules that import this one (the engine, the rehearsal helpers, the
+# test harness): re-exported lazily so plugins import every public name from one module.
+_LAZY = {
+    "RunContext": "forgetbench.context",
+    "RehearsalMonitor": "forgetbench.rehearsal",
+    "REHEARSAL_COLUMNS": "forgetbench.rehearsal",
+    "run_for_test": "forgetbench.testing",
+    "RunResult": "forgetbench.testing",
+}
 
-        return RunContext
-    raise AttributeError(name)
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'forgetbench.api' has no attribute {name!r}")

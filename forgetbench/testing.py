@@ -1,7 +1,9 @@
-"""Mock tasks for tests: tiny models built from configs and tiny data built in code.
+"""Mock tasks and a one-call run for tests: tiny models built from configs, tiny data built in
+code, and :func:`run_for_test` (re-exported by ``forgetbench.api``), which runs methods on a mock
+task through the real engine and a real SQLite store in seconds on a CPU.
 
-Built only on the public API (``forgetbench.api``), as a third party's task would be, so plugin
-authors can test a method end to end through the real engine and store in seconds:
+The mock tasks are built only on the public API (``forgetbench.api``), as a third party's task
+would be:
 
 - ``tiny`` (:class:`TinyTextTask`): classification. Token-id "sentences", a 2-layer BERT, one
   head per task, planted rules (each label's marker token appears three times).
@@ -14,7 +16,10 @@ authors can test a method end to end through the real engine and store in second
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +32,7 @@ from torch import nn
 
 from forgetbench.api import (
     EvalResult,
+    Method,
     ModelBundle,
     PerSample,
     RunContext,
@@ -37,8 +43,9 @@ from forgetbench.api import (
     TaskMetadata,
     TrainConfig,
     check,
+    pad_logits,
 )
-from forgetbench.cache import hash_json
+from forgetbench.cache import CACHE_ENV, hash_json
 from forgetbench.config import config_dict
 from forgetbench.registry import Registry, get_registry
 
@@ -208,16 +215,19 @@ class TinyTextTask(Task):
         size = pooled.shape[0]
         loss, confidence = pooled.new_zeros(size), pooled.new_zeros(size)
         success = torch.zeros(size, dtype=torch.bool, device=pooled.device)
+        parts = []
         for head, is_prior in (("prior", True), ("new", False)):
             rows = (inputs["prior_head"] == is_prior).nonzero().squeeze(1)
             if rows.numel():
                 logits = model.heads[head](pooled[rows]).float()
+                parts.append((rows, logits))
                 labels = inputs["labels"][rows]
                 probability, prediction = logits.softmax(-1).max(-1)
                 loss = loss.index_copy(0, rows, F.cross_entropy(logits, labels, reduction="none"))
                 confidence = confidence.index_copy(0, rows, probability)
                 success = success.index_copy(0, rows, prediction == labels)
-        return PerSample(loss, success, confidence, taps if with_features else None)
+        features = taps if with_features else None
+        return PerSample(loss, success, confidence, features, pad_logits(size, parts))
 
     def lora_target_modules(self, model: nn.Module) -> list[str]:
         return ["query", "value"]
@@ -385,3 +395,99 @@ def registry_with(*extra_methods: type, tasks: tuple[type, ...] = ()) -> Registr
     for cls in extra_methods:
         registry.add_method(cls, "test")
     return registry
+
+
+def _with_classes(
+    registry: Registry, methods: Sequence[type], tasks: Sequence[type], provider: str
+) -> Registry:
+    """``registry`` plus these classes; a class under a name already registered replaces it
+    (a test may run a modified copy of an installed plugin)."""
+    for cls in methods:
+        registry.methods.pop(cls.name, None)
+        registry.add_method(cls, provider)
+    for cls in tasks:
+        registry.tasks.pop(cls.metadata.name, None)
+        registry.add_task(cls, provider)
+    return registry
+
+
+@dataclass
+class RunResult:
+    """What the store holds for one run of :func:`run_for_test`.
+
+    ``metrics``: ``{"<split>/<stage>/<name>": value}``, e.g. ``prior/after/accuracy``,
+    ``prior/derived/forgetting``, ``run/derived/<diagnostic>``; ``compute``: the run's
+    :class:`~forgetbench.api.Compute` counters; ``series``: ``[(name, step, value)]``;
+    ``run``: the whole ``runs`` row (config, versions, status...); ``db``: the store's path.
+    """
+
+    run_id: int
+    metrics: dict[str, float]
+    compute: dict[str, float]
+    series: list[tuple[str, int, float]]
+    run: dict[str, Any]
+    db: str
+
+
+@contextmanager
+def _cache_under(directory: Path) -> Iterator[None]:
+    """``$FORGETBENCH_CACHE`` as it is when set (a test suite's own), else under ``directory``."""
+    if os.environ.get(CACHE_ENV):
+        yield
+        return
+    os.environ[CACHE_ENV] = str(directory / "cache")
+    try:
+        yield
+    finally:
+        os.environ.pop(CACHE_ENV, None)
+
+
+def run_for_test(
+    *methods: type[Method] | str,
+    task: type[Task] | str = "tiny",
+    settings: dict[str, Any] | None = None,
+    steps: int = 5,
+    seed: int = 0,
+    directory: str | Path | None = None,
+) -> RunResult:
+    """Run ``methods`` (stacked in the order given) on a task through the real engine and
+    store, and return what was stored. Raises what ``forgetbench run`` would (a
+    :class:`~forgetbench.api.ForgetbenchError` for bad settings).
+
+    Args:
+        methods: method classes (registered for this run only, no install needed) or names of
+            installed methods; default ``finetune``.
+        task: a task class (registered for this run only) or the name of an installed task;
+            default the mock ``tiny`` task (a 2-layer BERT on token ids, seconds on a CPU).
+        settings: ``--set`` overrides, e.g. ``{"ewc.lam": 10, "task.stage0_steps": 5}``.
+        steps: fine-tuning steps.
+        seed: the run seed.
+        directory: where the SQLite store (and, unless ``$FORGETBENCH_CACHE`` is set, the
+            cache) go; default a fresh temporary directory.
+
+    Example::
+
+        result = run_for_test(MyMethod, settings={"my-method.strength": 0.5})
+        assert result.run["status"] == "ok"
+        assert result.metrics["prior/after/accuracy"] >= 0.0
+    """
+    from forgetbench.runner import RunRequest, execute
+    from forgetbench.store import Store
+
+    classes = [m for m in methods if isinstance(m, type)]
+    names = [m.name if isinstance(m, type) else m for m in methods] or ["finetune"]
+    tasks = [task] if isinstance(task, type) else []
+    registry = _with_classes(registry_with(), classes, tasks, "run_for_test")
+    task_name = task.metadata.name if isinstance(task, type) else task
+    if directory is None:
+        directory = tempfile.mkdtemp(prefix="forgetbench-test-")
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    db = str(folder / "results.db")
+    request = RunRequest(task_name, names, seed, steps, dict(settings or {}))
+    with _cache_under(folder):
+        run_id = execute(request, db=db, registry=registry)
+    store = Store(db, read_only=True)
+    run = store.get_run(run_id)
+    metrics = store.get_metrics([run_id])[run_id]
+    return RunResult(run_id, metrics, run["compute"], store.get_series(run_id), run, db)

@@ -4,8 +4,7 @@ It implements no per-run hook: the engine's default loop (mean cross-entropy ove
 batches, AdamW) is plain fine-tuning.
 """
 
-from forgetbench.api import Method
-from forgetbench.hookspecs import hookimpl
+from forgetbench.api import Method, hookimpl
 
 
 class Finetune(Method):

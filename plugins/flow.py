@@ -35,10 +35,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from forgetbench.api import Method
-from forgetbench.cache import cached_dir, hash_json
-from forgetbench.config import check
-from forgetbench.hookspecs import hookimpl
+from forgetbench.api import Method, cached_dir, check, hash_json, hookimpl
 
 
 @dataclass

@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from forgetbench.api import Method
-from forgetbench.config import check
-from forgetbench.hookspecs import hookimpl
+from forgetbench.api import Method, check, hookimpl
 
 
 @dataclass

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from forgetbench.api import Method
-from forgetbench.config import check
-from forgetbench.errors import ForgetbenchError
-from forgetbench.hookspecs import hookimpl
+from forgetbench.api import ForgetbenchError, Method, check, hookimpl
 
 
 @dataclass

@@ -35,11 +35,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from forgetbench.api import Method, PriorSampler, Split
-from forgetbench.config import check
-from forgetbench.errors import ForgetbenchError, did_you_mean
-from forgetbench.hookspecs import hookimpl
-from forgetbench.rehearsal import REHEARSAL_COLUMNS, RehearsalMonitor
+from forgetbench.api import (
+    REHEARSAL_COLUMNS,
+    ForgetbenchError,
+    Method,
+    PriorSampler,
+    RehearsalMonitor,
+    Split,
+    check,
+    did_you_mean,
+    hookimpl,
+)
 
 # Schemes mix-cd computes itself from the prior cache; the task names the others.
 OWN_SCHEMES = ("loss", "confidence")

@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from forgetbench.api import Method, PriorSampler
-from forgetbench.config import check
-from forgetbench.hookspecs import hookimpl
-from forgetbench.rehearsal import REHEARSAL_COLUMNS, RehearsalMonitor
+from forgetbench.api import (
+    REHEARSAL_COLUMNS,
+    Method,
+    PriorSampler,
+    RehearsalMonitor,
+    check,
+    hookimpl,
+)
 
 
 class UniformPriorSampler(PriorSampler):

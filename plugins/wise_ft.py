@@ -20,10 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from forgetbench.api import Method
-from forgetbench.config import check
-from forgetbench.errors import ForgetbenchError
-from forgetbench.hookspecs import hookimpl
+from forgetbench.api import ForgetbenchError, Method, check, hookimpl
 
 
 @dataclass

@@ -31,6 +31,7 @@ from forgetbench.api import (
     TaskData,
     hash_dir,
     masked_mean,
+    pad_logits,
     tap_layers,
 )
 
@@ -194,11 +195,13 @@ class ClassificationTask(Task):
         loss = pooled.new_zeros(size, dtype=torch.float32)
         confidence = pooled.new_zeros(size, dtype=torch.float32)
         success = torch.zeros(size, dtype=torch.bool, device=pooled.device)
+        parts = []
         for head, is_prior in (("prior", True), ("new", False)):
             index = (inputs["prior_head"] == is_prior).nonzero().squeeze(1)
             if index.numel() == 0:
                 continue
             logits = model.heads[head](pooled[index]).float()
+            parts.append((index, logits))
             labels = inputs["labels"][index]
             probability, prediction = logits.softmax(-1).max(-1)
             loss = loss.index_copy(0, index, F.cross_entropy(logits, labels, reduction="none"))
@@ -208,7 +211,7 @@ class ClassificationTask(Task):
         if with_features:
             states, mask = output.hidden_states, inputs["attention_mask"]
             features = [masked_mean(states[i], mask) for i in tap_layers(len(states) - 1)]
-        return PerSample(loss, success, confidence, features)
+        return PerSample(loss, success, confidence, features, pad_logits(size, parts))
 
     # -- what methods read -------------------------------------------------------------------
 
