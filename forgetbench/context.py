@@ -116,6 +116,18 @@ class RunContext:
         else:
             self.compute.eval_inference += n
 
+    def count_extra(self, forward: int = 0, backward: int = 0) -> None:
+        """Charge a method's own work to the run: ``forward`` samples of extra inference and
+        ``backward`` samples of extra backward passes (``Compute.extra_backward``).
+
+        Inference through :meth:`forward`, :meth:`predict` or :meth:`batches` with
+        ``extra=True`` is counted already; use this for backward passes (e.g. EWC's Fisher:
+        one per sample) and for work a cache hit skipped (charged as if it ran)."""
+        if forward < 0 or backward < 0:
+            raise ValueError(f"counts must be >= 0, got forward={forward}, backward={backward}")
+        self.compute.extra_inference += forward
+        self.compute.extra_backward += backward
+
     def chunks(
         self, split: Split, batch_size: int | None = None, extra: bool = False
     ) -> Iterator[tuple[range, list[dict[str, Any]]]]:
@@ -130,8 +142,19 @@ class RunContext:
     def batches(
         self, split: Split, batch_size: int | None = None, extra: bool = False
     ) -> Iterator[Batch]:
-        """Collated batches over a whole split, on the run's device, counted like
-        :meth:`chunks`. Rows are prior samples when ``split`` is a prior split."""
+        """Collated batches (:class:`~forgetbench.api.Batch`) over a whole split, in split
+        order, on the run's device.
+
+        ``split`` is any :class:`~forgetbench.api.Split`: one of the run's four or a subset
+        built from one (``Split("prior_fisher", data.prior_train.examples[:256])``).
+        ``batch.is_prior`` is True for every row when the split's name starts with ``prior``
+        (the prior task's examples, forwarded through the prior head), else False;
+        ``batch.index`` is the position in ``split``. No ``no_grad`` here: wrap the loop in
+        ``torch.inference_mode()`` for inference, or leave gradients on to backpropagate. Each
+        batch is counted when it is yielded: as evaluation inference, or with ``extra=True``
+        as the calling method's extra inference (``Compute.extra_inference``, one per
+        example); backward passes are counted with :meth:`count_extra`.
+        ``batch_size`` defaults to ``train.eval_batch_size``."""
         is_prior = split.name.startswith("prior")
         for indices, examples in self.chunks(split, batch_size, extra):
             batch = make_batch(self.task, self.bundle, examples, indices, [is_prior] * len(indices))
@@ -144,8 +167,10 @@ class RunContext:
         with_features: bool = False,
         extra: bool = False,
     ) -> PerSample:
-        """The task's forward pass on one batch under the run's autocast; ``extra=True``
-        counts the batch as the calling method's extra inference."""
+        """The task's forward pass on one batch under the run's autocast: a
+        :class:`~forgetbench.api.PerSample` on the batch's device, attached to the graph unless
+        the caller disabled gradients. ``extra=True`` counts the batch as the calling method's
+        extra inference (one per example); the model's train/eval mode is the caller's."""
         if extra:
             self.compute.extra_inference += len(batch)
         with self.autocast():
@@ -154,8 +179,13 @@ class RunContext:
     def predict(
         self, model: torch.nn.Module, split: Split, extra: bool = False, label: str | None = None
     ) -> PerSample:
-        """Per-sample results of ``model`` (in eval mode; its mode is restored) over a whole
-        split, on the CPU, in split order. ``label`` shows a progress bar."""
+        """Per-sample results of ``model`` over a whole split (or a subset: see
+        :meth:`batches`), detached on the CPU in split order (``loss``, ``success``,
+        ``confidence``; no features or logits).
+
+        Runs in eval mode (the model's mode is restored) under ``torch.inference_mode()``: no
+        gradients. Counted as evaluation inference, or with ``extra=True`` as the calling
+        method's extra inference, one per example. ``label`` shows a progress line."""
         was_training = model.training
         model.eval()
         outputs = []
