@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from forgetbench.errors import ForgetbenchError, Interrupted, did_you_mean
@@ -175,11 +176,20 @@ def leaderboard(
     format_: Annotated[
         str, typer.Option("--format", "-f", help="table | markdown | csv | json")
     ] = "table",
+    columns_: Annotated[
+        str | None,
+        typer.Option(
+            "--columns", help="columns to show, by key, e.g. prior_after,new_after,cd_rate"
+        ),
+    ] = None,
+    ci: Annotated[
+        bool, typer.Option("--ci", help="± is the 95% confidence interval, not the std")
+    ] = False,
     db: DbOption = None,
 ):
-    """Aggregate finished runs over seeds (mean ± std); * marks the Pareto front."""
+    """Aggregate finished runs over seeds (mean±std); * marks the Pareto front."""
     _quiet_libraries()
-    from forgetbench.report import as_records, cell, columns, record_keys
+    from forgetbench.report import as_records, columns, markdown, pick_columns, record_keys
     from forgetbench.report import leaderboard as build
     from forgetbench.store import Store
 
@@ -189,40 +199,28 @@ def leaderboard(
     if task is not None:
         _check_task_name(store, task)
     rows = build(store, task)
-    shown = columns(rows)
+    shown = pick_columns(columns(rows), columns_)
     if format_ in ("json", "csv"):
         _print_records(as_records(rows, shown), format_, record_keys(shown))
-        return
-    if not rows:
+    elif not rows:
         scope = f" of task {task}" if task else ""
         out.print(f"no finished runs{scope} yet: try 'forgetbench run'")
-        return
-    headers = ["task", "methods", "seeds", "main metric", *[header for _, header, _ in shown]]
-    lines = [
-        [row.task, row.methods + (" *" if row.pareto else ""), str(len(row.seeds))]
-        + [_main_metric_label(row)]
-        + [cell(row, key, decimals) for key, _, decimals in shown]
-        for row in rows
-    ]
-    if format_ == "markdown":
-        print("| " + " | ".join(headers) + " |")
-        print("|" + "---|" * len(headers))
-        for cells in lines:
-            print("| " + " | ".join(cells) + " |")
-        return
-    table = Table(title="forgetbench leaderboard (mean ± std over seeds; * Pareto-optimal)")
-    for header in headers:
-        table.add_column(header, overflow="fold")
-    for cells in lines:
-        table.add_row(*cells)
-    out.print(table)
+    elif format_ == "markdown":
+        print(markdown(rows, shown, ci))
+    else:
+        _print_leaderboard(rows, shown, ci, chosen=columns_ is not None)
 
 
-def _main_metric_label(row) -> str:
-    """``f1``, or ``bleu / chrf`` when the prior and new main metrics differ."""
-    prior = row.prior_metric + ("" if row.prior_higher_is_better else " (lower better)")
-    new = row.new_metric + ("" if row.new_higher_is_better else " (lower better)")
-    return prior if prior == new else f"{prior} / {new}"
+def _print_leaderboard(rows, shown: list[tuple], ci: bool, chosen: bool) -> None:
+    """One table per task, fitted to the terminal (80 columns off a terminal), and the
+    footnote defining its columns."""
+    from forgetbench.report import render
+
+    tables, notes = render(rows, shown, out.width, ci, chosen)
+    for table in tables:
+        out.print(table)
+    for line in notes:
+        out.print(line, markup=False, highlight=False)
 
 
 def _check_task_name(store, task: str) -> None:
@@ -278,12 +276,15 @@ def list_plugins():
 
 
 def _print_run(store, run_id: int) -> None:
+    from forgetbench.report import format_value
+
     run = store.get_run(run_id)
     if run is None:
         raise ForgetbenchError(f"no run with id {run_id} in {store.location}")
     table = Table(
-        title=f"run {run_id}: {run['task']} / {run['methods']} / seed {run['seed']}"
-        f" [{run['status']}]"
+        title=escape(
+            f"run {run_id}: {run['task']} / {run['methods']} / seed {run['seed']} [{run['status']}]"
+        )
     )
     for column in ("split", "metric", "before", "after", "derived"):
         table.add_column(column)
@@ -291,7 +292,7 @@ def _print_run(store, run_id: int) -> None:
     keys = sorted({(k.split("/")[0], k.split("/", 2)[2]) for k in values})
     for split, name in keys:
         cells = [values.get(f"{split}/{stage}/{name}") for stage in ("before", "after", "derived")]
-        table.add_row(split, name, *["" if v is None else f"{v:.4f}" for v in cells])
+        table.add_row(split, name, *["" if v is None else format_value(v) for v in cells])
     out.print(table)
     if run["error"]:
         out.print(f"error: {run['error']}")
@@ -378,12 +379,12 @@ def _runs_table(rows: list[dict], title: str) -> Table:
         table.add_row(
             str(run["id"]),
             run["task"],
-            run["methods"],
+            escape(run["methods"]),
             str(run["seed"]),
             run["status"],
             str(run["started_at"])[:19],
             f"{run['hostname']}:{run['pid']}" if run["hostname"] else "",
-            (run["error"] or "")[:80],
+            escape((run["error"] or "")[:80]),
         )
     return table
 

@@ -1,4 +1,6 @@
-"""Leaderboard: aggregate finished runs over seeds and mark the Pareto front."""
+"""Leaderboard: aggregate finished runs over seeds, mark the Pareto front, and render it
+readably at any width (compact ``mean±spread`` cells, columns chosen to fit, a footnote with
+every shown column's definition)."""
 
 from __future__ import annotations
 
@@ -6,21 +8,59 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
+
+from forgetbench.errors import ForgetbenchError, did_you_mean
 from forgetbench.registry import Registry, get_registry
 from forgetbench.store import Store
 
-# (key, header, decimals): metrics show mean ± std, compute (decimals 0) its mean. Methods add
-# their own diagnostics (``Method.columns``) after these.
+# (key, header, decimals): metrics show mean ± spread, compute (decimals 0, or 1 for ratios)
+# its mean. Methods add their own diagnostics (``Method.columns``) after these.
 COLUMNS = (
     ("prior_after", "prior/after", 4),
-    ("forgetting", "forgetting", 4),
     ("new_after", "new/after", 4),
+    ("forgetting", "forgetting", 4),
     ("cd_rate", "CD rate", 4),
 )
 COMPUTE_COLUMNS = (
+    ("compute_x", "compute ×ft", 1),
+    ("wall_x", "wall ×ft", 1),
     ("extra_inference", "extra inference", 0),
     ("wall_seconds", "wall s", 0),
 )
+RATIO_COLUMNS = {"compute_x": "train_samples", "wall_x": "wall_seconds"}
+DEFINITIONS = {
+    "prior_after": "the prior task's main metric after fine-tuning",
+    "new_after": "the new task's main metric after fine-tuning",
+    "forgetting": "prior/before - prior/after of the prior main metric (sign flipped where"
+    " lower is better)",
+    "cd_rate": "collateral-damage rate: share of prior eval examples right before and wrong after",
+    "compute_x": "training samples forwarded (with extra inference) relative to the task's"
+    " default finetune run",
+    "wall_x": "wall time relative to the task's default finetune run",
+    "extra_inference": "samples forwarded for the method's own inference (frozen model, probes)",
+    "wall_seconds": "wall time of the run in seconds",
+}
+TABLE_DECIMALS = 3  # compact cells: 0.727±0.011
+# Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30; beyond, a Cornish-Fisher
+# expansion of the normal quantile is accurate to 1e-3.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 @dataclass
@@ -57,15 +97,28 @@ class Row:
         mean = self.mean(key)
         return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
+    def ci95(self, key: str) -> float:
+        """Half-width of the 95% Student t interval of the mean over seeds (nan for one
+        seed: one value gives no interval)."""
+        n = len(self.values.get(key, []))
+        if n < 2:
+            return math.nan
+        return t_quantile_975(n - 1) * self.std(key) / math.sqrt(n)
 
-def leaderboard(store: Store, task: str | None = None) -> list[Row]:
-    """Rows of ``ok`` runs grouped by (task, config hash); failed runs never appear. A seed run
-    twice with one config counts once (its latest run). Main metrics and their directions are
-    those each run stored (its task's metadata)."""
+
+def latest_runs(store: Store, task: str | None = None) -> list[dict]:
+    """The ``ok`` runs, one per (task, config hash, seed): a seed run twice counts once (its
+    latest run). Failed runs never appear."""
     latest: dict[tuple[str, str, int], dict] = {}
     for run in store.get_runs(status="ok", task=task):  # ordered by id: later reruns win
         latest[run["task"], run["config_hash"], run["seed"]] = run
-    runs = list(latest.values())
+    return list(latest.values())
+
+
+def leaderboard(store: Store, task: str | None = None) -> list[Row]:
+    """Rows of ``ok`` runs grouped by (task, config hash) (see :func:`latest_runs`). Main
+    metrics and their directions are those each run stored (its task's metadata)."""
+    runs = latest_runs(store, task)
     values = store.get_metrics(run["id"] for run in runs)
     directions = store.get_directions(run["id"] for run in runs)
     rows: dict[tuple[str, str], Row] = {}
@@ -76,6 +129,7 @@ def leaderboard(store: Store, task: str | None = None) -> list[Row]:
         _add_run(rows[key], run, values[run["id"]])
     result = sorted(rows.values(), key=lambda r: (r.task, -_nan_low(r.goodness("prior_after"))))
     _mark_pareto(result)
+    _relative_compute(result)
     return result
 
 
@@ -105,9 +159,25 @@ def _add_run(row: Row, run: dict, run_metrics: dict[str, float]) -> None:
     for column, name in picks.items():
         if name in run_metrics:
             row.values[column].append(run_metrics[name])
-    for column, _, _ in COMPUTE_COLUMNS:
-        if column in (run["compute"] or {}):
-            row.values[column].append(float(run["compute"][column]))
+    compute = run["compute"] or {}
+    for column in ("extra_inference", "wall_seconds"):
+        if column in compute:
+            row.values[column].append(float(compute[column]))
+    if "forwarded" in compute:
+        samples = compute["forwarded"] + compute.get("extra_inference", 0)
+        row.values["train_samples"].append(float(samples))
+
+
+def _relative_compute(rows: list[Row]) -> None:
+    """``compute_x`` and ``wall_x``: each run's compute over the mean of its task's default
+    finetune row (plain ``finetune`` at the task's default settings); none without one."""
+    reference = {row.task: row for row in rows if row.methods == "finetune"}
+    for row in rows:
+        finetune = reference.get(row.task)
+        for column, source in RATIO_COLUMNS.items():
+            base = finetune.mean(source) if finetune else math.nan
+            if base > 0:
+                row.values[column] = [value / base for value in row.values.get(source, [])]
 
 
 def columns(rows: list[Row], registry: Registry | None = None) -> list[tuple]:
@@ -150,25 +220,43 @@ def _dominates(other: Row, point: tuple[float, float]) -> bool:
     return all(t >= p for t, p in zip(theirs, point, strict=True)) and theirs != point
 
 
-def cell(row: Row, column: str, decimals: int) -> str:
-    """Text of one leaderboard cell: mean ± std for metrics, the mean for compute."""
+def format_value(value: float, decimals: int = 4) -> str:
+    """``0.7270`` at ``decimals``; a non-zero value too small to show there in two significant
+    digits (``3.7e-05``, not ``0.0000``)."""
+    if math.isnan(value):
+        return "-"
+    if value != 0 and abs(value) < 0.5 * 10**-decimals:
+        return f"{value:.2g}"
+    return f"{value:.{decimals}f}"
+
+
+def cell(row: Row, column: str, decimals: int, ci: bool = False) -> str:
+    """A compact cell: ``0.727±0.011`` (std over seeds, or the 95% interval's half-width
+    with ``ci``; no spread for one seed), a ratio ``1.3``, or the mean count for compute."""
     mean = row.mean(column)
     if math.isnan(mean):
         return "-"
-    return f"{mean:.{decimals}f} ± {row.std(column):.{decimals}f}" if decimals else f"{mean:.0f}"
+    if column in RATIO_COLUMNS or decimals == 0:
+        return f"{mean:.{decimals}f}"
+    decimals = min(decimals, TABLE_DECIMALS)
+    spread = row.ci95(column) if ci else row.std(column)
+    if len(row.values[column]) < 2:
+        return format_value(mean, decimals)
+    return f"{format_value(mean, decimals)}±{format_value(spread, decimals)}"
 
 
 RECORD_KEYS = ("task", "methods", "config", "seeds", "pareto", "prior_metric", "new_metric")
+RECORD_PARTS = ("mean", "std", "ci95")
 
 
 def record_keys(columns: list[tuple]) -> list[str]:
     """Every key a record of :func:`as_records` may have, in order (a CSV header, also for an
     empty leaderboard)."""
-    return [*RECORD_KEYS, *(f"{key}_{part}" for key, _, _ in columns for part in ("mean", "std"))]
+    return [*RECORD_KEYS, *(f"{key}_{part}" for key, _, _ in columns for part in RECORD_PARTS)]
 
 
 def as_records(rows: list[Row], columns: list[tuple]) -> list[dict]:
-    """Plain dicts for csv / json / markdown output."""
+    """Plain dicts for csv / json output (full precision: 6 decimals)."""
     records = []
     for row in rows:
         record = {
@@ -184,5 +272,110 @@ def as_records(rows: list[Row], columns: list[tuple]) -> list[dict]:
             if row.values.get(column):
                 record[f"{column}_mean"] = round(row.mean(column), 6)
                 record[f"{column}_std"] = round(row.std(column), 6)
+                interval = row.ci95(column)
+                record[f"{column}_ci95"] = None if math.isnan(interval) else round(interval, 6)
         records.append(record)
     return records
+
+
+def pick_columns(available: list[tuple], wanted: str | None) -> list[tuple]:
+    """``--columns prior_after,cd_rate``: those columns by key (or header), in that order."""
+    if not wanted:
+        return available
+    by_name = {key: column for column in available for key in (column[0], column[1])}
+    chosen = []
+    for name in (part.strip() for part in wanted.split(",") if part.strip()):
+        if name not in by_name:
+            keys = [column[0] for column in available]
+            raise ForgetbenchError(
+                f"--columns: unknown column {name!r}"
+                + did_you_mean(name, keys)
+                + f" (available: {', '.join(keys)})"
+            )
+        chosen.append(by_name[name])
+    return chosen
+
+
+def _title(row: Row, ci: bool) -> str:
+    prior = row.prior_metric + ("" if row.prior_higher_is_better else " (lower better)")
+    new = row.new_metric + ("" if row.new_higher_is_better else " (lower better)")
+    metric = prior if prior == new else f"prior {prior}, new {new}"
+    spread = "95% CI" if ci else "std"
+    return f"{row.task}: {metric}, mean±{spread} over seeds, * Pareto-optimal"
+
+
+def _table(rows: list[Row], shown: list[tuple], ci: bool) -> Table:
+    table = Table(title=escape(_title(rows[0], ci)), box=box.SIMPLE_HEAD, pad_edge=False)
+    longest = max(len(row.methods) + 2 for row in rows)
+    table.add_column("methods", overflow="fold", min_width=min(longest, 22))
+    table.add_column("n", justify="right", no_wrap=True)
+    for _, header, _ in shown:
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        label = escape(("* " if row.pareto else "  ") + row.methods)
+        cells = [cell(row, key, decimals, ci) for key, _, decimals in shown]
+        table.add_row(label, str(len(row.seeds)), *cells)
+    return table
+
+
+def fit_columns(
+    rows: list[Row], available: list[tuple], width: int, ci: bool = False
+) -> list[tuple]:
+    """The longest prefix of ``available`` (in priority order) whose table fits ``width``
+    (the main metrics are always kept). Columns no row has a value for are skipped."""
+    present = [c for c in available if any(row.values.get(c[0]) for row in rows)]
+    console = Console(width=width)
+    shown: list[tuple] = []
+    for column in present:
+        candidate = [*shown, column]
+        needed = Measurement.get(console, console.options, _table(rows, candidate, ci)).minimum
+        if needed > width and column[0] not in ("prior_after", "new_after"):
+            break
+        shown = candidate
+    return shown
+
+
+def footnote(shown: list[tuple], hidden: list[tuple], ci: bool) -> list[str]:
+    """Definitions of the shown columns, what ± means, and which columns were left out."""
+    spread = (
+        "± half-width of the 95% Student t interval of the mean over seeds"
+        if ci
+        else "± standard deviation over seeds (--ci for 95% intervals)"
+    )
+    lines = [f"{header}: {DEFINITIONS.get(key, 'a diagnostic its method stores')}"
+             for key, header, _ in shown]  # fmt: skip
+    lines += [spread, "*: no other config of the task is as good on both main metrics"]
+    if hidden:
+        names = ", ".join(key for key, _, _ in hidden)
+        lines.append(f"not shown for width: {names} (--columns to pick, or a wider terminal)")
+    return lines
+
+
+def render(
+    rows: list[Row], available: list[tuple], width: int, ci: bool = False, chosen: bool = False
+) -> tuple[list[Table], list[str]]:
+    """One table per task fitting ``width`` (all ``available`` columns when ``chosen``), and
+    the footnote lines."""
+    tasks: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        tasks[row.task].append(row)
+    tables, shown_keys = [], {}
+    for task_rows in tasks.values():
+        shown = available if chosen else fit_columns(task_rows, available, width, ci)
+        shown_keys.update({column[0]: column for column in shown})
+        tables.append(_table(task_rows, shown, ci))
+    present = {c[0] for c in available if any(row.values.get(c[0]) for row in rows)}
+    hidden = [c for c in available if c[0] in present and c[0] not in shown_keys]
+    return tables, footnote(list(shown_keys.values()), hidden, ci)
+
+
+def markdown(rows: list[Row], shown: list[tuple], ci: bool = False) -> str:
+    """The leaderboard as a Markdown table (every column given, compact cells)."""
+    headers = ["task", "methods", "seeds", *[header for _, header, _ in shown]]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        label = row.methods.replace("|", "\\|") + (" *" if row.pareto else "")
+        cells = [row.task, label, str(len(row.seeds))]
+        cells += [cell(row, key, decimals, ci) for key, _, decimals in shown]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

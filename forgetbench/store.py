@@ -119,9 +119,43 @@ def _m002_main_metrics(connection: Connection) -> None:
         connection.execute(runs.update().where(runs.c[name].is_(None)).values({name: value}))
 
 
+def _view_metric(alias: str, split: str, stage: str, name: str) -> str:
+    return (
+        f"JOIN metrics {alias} ON {alias}.run_id = r.id AND {alias}.split = '{split}'"
+        f" AND {alias}.stage = '{stage}' AND {alias}.name = {name}"
+    )
+
+
+# The leaderboard as a SQL view (``datasette results.db`` shows it): the latest ok run of each
+# (task, config, seed), aggregated over seeds. Portable SQL (SQLite has no standard deviation
+# without its math extension), so the spread is min and max; ``forgetbench leaderboard`` adds
+# std and confidence intervals.
+LEADERBOARD_VIEW = f"""
+CREATE VIEW leaderboard AS
+SELECT r.task AS task, r.methods AS methods, r.config_hash AS config_hash,
+    r.prior_metric AS prior_metric, r.new_metric AS new_metric, COUNT(*) AS seeds,
+    AVG(pa.value) AS prior_after_mean, MIN(pa.value) AS prior_after_min,
+    MAX(pa.value) AS prior_after_max, AVG(na.value) AS new_after_mean,
+    MIN(na.value) AS new_after_min, MAX(na.value) AS new_after_max,
+    AVG(fg.value) AS forgetting_mean, AVG(cd.value) AS cd_rate_mean
+FROM runs r
+{_view_metric("pa", "prior", "after", "r.prior_metric")}
+{_view_metric("na", "new", "after", "r.new_metric")}
+LEFT {_view_metric("fg", "prior", "derived", "'forgetting'")}
+LEFT {_view_metric("cd", "prior", "derived", "'cd_rate'")}
+WHERE r.id IN (SELECT MAX(id) FROM runs WHERE status = 'ok' GROUP BY task, config_hash, seed)
+GROUP BY r.task, r.methods, r.config_hash, r.prior_metric, r.new_metric
+"""
+
+
+def _m003_leaderboard_view(connection: Connection) -> None:
+    connection.execute(sa.text(LEADERBOARD_VIEW))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_main_metrics", _m002_main_metrics),
+    ("003_leaderboard_view", _m003_leaderboard_view),
 ]
 
 
