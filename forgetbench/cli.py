@@ -389,6 +389,117 @@ def _runs_table(rows: list[dict], title: str) -> Table:
     return table
 
 
+@app.command()
+def sweep(
+    method: Annotated[
+        list[str],
+        typer.Option("--method", "-m", help="a method, or a stack (mixcd+wise-ft); repeat"),
+    ],
+    task: Annotated[str, typer.Option("--task", "-t", help="task name")] = "wordnet",
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="key=v1,v2,... varied over, e.g. mixcd.mix_ratio=0.1,0.25 or steps=50,100"
+        ),
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="seeds: 0-4, or 0,3,7")] = "0",
+    set_: SetOption = None,
+    workers: Annotated[int, typer.Option(help="local worker processes (1: this one)")] = 1,
+    executor: Annotated[str, typer.Option(help="local | ray (the ray extra)")] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default $RAY_ADDRESS or local)")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="rerun finished runs too")] = False,
+    db: DbOption = None,
+):
+    """Run a grid of methods x config values x seeds; finished identical runs are skipped."""
+    _hub_network(False)
+    _quiet_libraries()
+    from forgetbench.config import parse_set
+    from forgetbench.sweep import SweepSpec, parse_grid, parse_seeds, run_sweep
+
+    spec = SweepSpec(
+        task, method, parse_grid(grid or []), parse_seeds(seeds), parse_set(set_ or [])
+    )
+    result = run_sweep(spec, db, executor, workers, force, ray_address=ray_address)
+    _print_sweep_summary(result)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _print_sweep_summary(result) -> None:
+    ok = len(result.outcomes) - len(result.failed)
+    out.print(
+        f"sweep done: {ok} ok, {len(result.failed)} failed, {len(result.skipped)} skipped"
+        " (already finished)",
+        highlight=False,
+    )
+    for outcome in result.failed:
+        where = f"run {outcome.run_id}" if outcome.run_id is not None else "no run stored"
+        out.print(
+            f"failed: {outcome.label} seed {outcome.seed} ({where}): {outcome.error}",
+            markup=False,
+            highlight=False,
+        )
+
+
+@app.command()
+def compare(
+    method_a: Annotated[str, typer.Argument(help="a method (stack), e.g. mixcd")],
+    method_b: Annotated[str, typer.Argument(help="the method to compare it with, e.g. random")],
+    task: Annotated[str, typer.Option("--task", "-t", help="task name")] = "wordnet",
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples")] = 2000,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="reference point PRIOR,NEW of the frontier score (default: nadir)"),
+    ] = None,
+    db: DbOption = None,
+):
+    """Does A's Pareto frontier dominate B's? Frontier scores with bootstrap intervals."""
+    from forgetbench.frontier import collect
+    from forgetbench.frontier import compare as compare_frontiers
+    from forgetbench.report import comparison_tables, parse_reference
+    from forgetbench.store import Store
+
+    if resamples < 100:
+        raise ForgetbenchError(f"--resamples must be >= 100, got {resamples}")
+    store = Store(db, read_only=True)
+    _check_task_name(store, task)
+    points = collect(store, task)
+    result = compare_frontiers(
+        points, method_a, method_b, parse_reference(reference), resamples, seed
+    )
+    for renderable in comparison_tables(result):
+        out.print(renderable)
+
+
+@app.command()
+def plot(
+    task: Annotated[str | None, typer.Option("--task", "-t", help="prior-vs-new plot")] = None,
+    run_id: Annotated[
+        int | None, typer.Option("--run", help="curves of one run instead (loss, mix-cd)")
+    ] = None,
+    out_path: Annotated[
+        str | None, typer.Option("--out", "-o", help="PNG or SVG file (default by name)")
+    ] = None,
+    db: DbOption = None,
+):
+    """Plot a task's prior-vs-new frontiers, or one run's curves, to PNG or SVG."""
+    from forgetbench.plot import plot_run, plot_task
+    from forgetbench.store import Store
+
+    if (task is None) == (run_id is None):
+        raise ForgetbenchError("give --task T (frontiers) or --run ID (curves), not both")
+    store = Store(db, read_only=True)
+    if task is not None:
+        _check_task_name(store, task)
+        path = plot_task(store, task, out_path or f"{task}.png")
+    else:
+        path = plot_run(store, run_id, out_path or f"run-{run_id}.png")
+    out.print(f"wrote {path}", markup=False, highlight=False)
+
+
 def _error_line(message: str) -> None:
     """One line on stderr, whatever the message holds (line breaks become spaces)."""
     err.print(" ".join(str(message).split()), markup=False, highlight=False, soft_wrap=True)

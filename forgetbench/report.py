@@ -379,3 +379,59 @@ def markdown(rows: list[Row], shown: list[tuple], ci: bool = False) -> str:
         cells += [cell(row, key, decimals, ci) for key, _, decimals in shown]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def parse_reference(text: str | None) -> tuple[float, float] | None:
+    """``--reference 0.5,0.2`` -> (0.5, 0.2): the frontier score's reference (prior, new)."""
+    if text is None:
+        return None
+    try:
+        prior, new = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ForgetbenchError(f"--reference expects PRIOR,NEW numbers, got {text!r}") from None
+    if not (math.isfinite(prior) and math.isfinite(new)):
+        raise ForgetbenchError(f"--reference must be finite numbers, got {text!r}")
+    return prior, new
+
+
+def _interval(bounds: tuple[float, float]) -> str:
+    return f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
+
+
+def comparison_tables(result) -> list:
+    """``forgetbench compare``: the frontier scores with their bootstrap intervals, the
+    per-seed (paired) scores and differences, and the verdict, as rich renderables."""
+    points, a, b = result.task, result.a, result.b
+    words = {"a": "A dominates", "b": "B dominates", "equal": "equal", "neither": "cross"}
+    reference = f"prior {result.reference[0]:.4g}, new {result.reference[1]:.4g}"
+    scores = Table(
+        title=escape(f"{points.task}: {a} vs {b} (frontier score: hypervolume above {reference})"),
+        box=box.SIMPLE_HEAD,
+    )
+    for header in ("method", "configs", "score", f"{result.level:.0%} bootstrap CI"):
+        scores.add_column(header, justify="left" if header == "method" else "right")
+    for name, value, bounds in (
+        (a, result.score_a, result.interval_a),
+        (b, result.score_b, result.interval_b),
+        (f"{a} - {b}", result.difference, result.interval_difference),
+    ):
+        configs = points.methods[name].configs if name in points.methods else None
+        count = str(len(configs)) if configs is not None else ""
+        scores.add_row(escape(name), count, f"{value:.4f}", _interval(bounds))
+    per_seed = Table(
+        title=escape(f"paired by seed (same seed, same new-task batches): A = {a}, B = {b}"),
+        box=box.SIMPLE_HEAD,
+    )
+    for header in ("seed", "score A", "score B", "A - B", "frontiers"):
+        per_seed.add_column(header, justify="right")
+    for seed in result.per_seed:
+        per_seed.add_row(
+            str(seed.seed),
+            f"{seed.score_a:.4f}",
+            f"{seed.score_b:.4f}",
+            f"{seed.difference:+.4f}",
+            escape(words[seed.verdict]),
+        )
+    from forgetbench.frontier import summary
+
+    return [scores, per_seed, escape(summary(result))]

@@ -1,0 +1,310 @@
+"""Pareto frontiers of each method on (prior main metric, new main metric), their hypervolume,
+and bootstrap confidence intervals over seeds.
+
+A *method* here is the stack of method names of a run (``mixcd``, ``mixcd+wise-ft``); its
+*configs* are every stored config of that stack on the task (mix ratios, budgets, ...). Each
+config is one point per seed: (prior/after, new/after) of the task's main metrics, in the
+directions the runs stored. Internally both axes are oriented so that higher is better.
+
+Frontier score: the hypervolume (area) dominated by a method's frontier of per-config means,
+above a reference point shared by every method compared on the task. The default reference is
+the nadir (worst value on each axis) of every point compared: every config, every seed, and f0
+(the prior model before fine-tuning, whose new value is normally the worst new value), pushed
+out by 10% of each axis' range so that the extreme points still add area. A method that neither
+forgets nor learns scores 0; larger is better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from forgetbench.errors import ForgetbenchError, did_you_mean
+from forgetbench.store import Store
+
+Point = tuple[float, float]
+REFERENCE_MARGIN = 0.1
+
+
+def _orient(point: Point, higher: tuple[bool, bool]) -> Point:
+    return tuple(v if up else -v for v, up in zip(point, higher, strict=True))
+
+
+def dominates(a: Point, b: Point, higher: tuple[bool, bool] = (True, True)) -> bool:
+    """``a`` is at least as good as ``b`` on both axes and better on one."""
+    a, b = _orient(a, higher), _orient(b, higher)
+    return a[0] >= b[0] and a[1] >= b[1] and a != b
+
+
+def pareto_front(points: Sequence[Point], higher: tuple[bool, bool] = (True, True)) -> list[int]:
+    """Indices of the points no other point dominates, ordered by the first axis (best first)."""
+    front = [
+        i
+        for i, point in enumerate(points)
+        if not any(dominates(other, point, higher) for other in points)
+    ]
+    return sorted(front, key=lambda i: -_orient(points[i], higher)[0])
+
+
+def hypervolume(
+    points: Sequence[Point], reference: Point, higher: tuple[bool, bool] = (True, True)
+) -> float:
+    """Area dominated by ``points`` and dominating ``reference`` (2-D hypervolume).
+
+    Sweeps the frontier from the best first-axis value down: each frontier point adds the
+    rectangle between the reference's first coordinate, its own second coordinate and the
+    previous point's second coordinate. Points not better than the reference on both axes add
+    nothing."""
+    ref = _orient(reference, higher)
+    inside = [p for p in (_orient(p, higher) for p in points) if p[0] > ref[0] and p[1] > ref[1]]
+    area, floor = 0.0, ref[1]
+    for x, y in sorted(inside, key=lambda p: (-p[0], -p[1])):
+        if y > floor:
+            area += (x - ref[0]) * (y - floor)
+            floor = y
+    return area
+
+
+def front_dominates(
+    a: Sequence[Point], b: Sequence[Point], higher: tuple[bool, bool] = (True, True)
+) -> bool:
+    """Every point of ``b`` is matched or dominated by a point of ``a``, and the two fronts
+    differ (so two identical fronts dominate neither way)."""
+    covered = all(any(p == q or dominates(p, q, higher) for p in a) for q in b)
+    return covered and sorted(a) != sorted(b)
+
+
+@dataclass
+class MethodPoints:
+    """The configs of one method stack on one task: per-seed (prior/after, new/after)."""
+
+    name: str
+    configs: dict[str, dict[int, Point]] = field(default_factory=dict)  # label -> seed -> point
+
+    def seeds(self) -> set[int]:
+        return {seed for points in self.configs.values() for seed in points}
+
+    def means(self, seeds: Sequence[int] | None = None) -> dict[str, Point]:
+        """Each config's mean point over ``seeds`` (repeats count again; all seeds if None).
+        A config with none of the seeds is left out."""
+        result = {}
+        for label, points in self.configs.items():
+            chosen = [points[s] for s in (points if seeds is None else seeds) if s in points]
+            if chosen:
+                result[label] = (
+                    float(np.mean([p[0] for p in chosen])),
+                    float(np.mean([p[1] for p in chosen])),
+                )
+        return result
+
+
+@dataclass
+class TaskPoints:
+    """Everything a comparison or a plot needs of one task."""
+
+    task: str
+    prior_metric: str
+    new_metric: str
+    higher: tuple[bool, bool]
+    f0: dict[int, Point] = field(default_factory=dict)  # seed -> (prior/before, new/before)
+    methods: dict[str, MethodPoints] = field(default_factory=dict)
+
+    def method(self, name: str) -> MethodPoints:
+        if name not in self.methods:
+            raise ForgetbenchError(
+                f"no finished runs of method {name!r} on task {self.task!r}"
+                + did_you_mean(name, self.methods)
+                + f" (stored: {', '.join(sorted(self.methods)) or 'none'})"
+            )
+        return self.methods[name]
+
+    def f0_mean(self) -> Point:
+        values = list(self.f0.values())
+        return (float(np.mean([v[0] for v in values])), float(np.mean([v[1] for v in values])))
+
+
+def method_name(run: dict) -> str:
+    """The method stack of a run: ``mixcd``, ``mixcd+wise-ft``."""
+    return "+".join(m["name"] for m in run["config"].get("methods", [])) or run["methods"]
+
+
+def collect(store: Store, task: str) -> TaskPoints:
+    """Per-seed points of every method and config of ``task`` (its latest ok run per seed)."""
+    from forgetbench.report import latest_runs
+
+    runs = latest_runs(store, task)
+    if not runs:
+        raise ForgetbenchError(f"no finished runs of task {task!r} in {store.location}")
+    values = store.get_metrics(run["id"] for run in runs)
+    directions = store.get_directions(run["id"] for run in runs)
+    first = runs[0]
+    prior, new = first["prior_metric"], first["new_metric"]
+    stored = directions[first["id"]]
+    higher = (stored.get(f"prior/after/{prior}", True), stored.get(f"new/after/{new}", True))
+    points = TaskPoints(task, prior, new, higher)
+    for run in runs:
+        metric = values[run["id"]]
+        keys = (f"prior/after/{prior}", f"new/after/{new}")
+        if not all(key in metric for key in keys):
+            continue
+        method = points.methods.setdefault(method_name(run), MethodPoints(method_name(run)))
+        method.configs.setdefault(run["methods"], {})[run["seed"]] = (
+            metric[keys[0]],
+            metric[keys[1]],
+        )
+        before = (f"prior/before/{prior}", f"new/before/{new}")
+        if all(key in metric for key in before):
+            points.f0.setdefault(run["seed"], (metric[before[0]], metric[before[1]]))
+    return points
+
+
+def default_reference(points: TaskPoints, names: Sequence[str]) -> Point:
+    """The nadir of every point of ``names`` (every config and seed) and of f0, pushed out by
+    ``REFERENCE_MARGIN`` of each axis' range (in the axes' stored directions)."""
+    every = [p for name in names for c in points.method(name).configs.values() for p in c.values()]
+    every += list(points.f0.values())
+    oriented = np.array([_orient(p, points.higher) for p in every])
+    low, high = oriented.min(axis=0), oriented.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    nadir = low - REFERENCE_MARGIN * span
+    return _orient((float(nadir[0]), float(nadir[1])), points.higher)
+
+
+def score(method: MethodPoints, reference: Point, higher, seeds=None) -> float:
+    """Hypervolume of the method's frontier of config means over ``seeds``."""
+    return hypervolume(list(method.means(seeds).values()), reference, higher)
+
+
+def bootstrap_interval(
+    statistic, seeds: Sequence[int], resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(resampled_seeds)``: seeds drawn with
+    replacement, ``resamples`` times, from a generator seeded with ``seed`` (reproducible)."""
+    rng = np.random.default_rng(seed)
+    seeds = sorted(seeds)
+    values = [statistic(list(rng.choice(seeds, size=len(seeds)))) for _ in range(resamples)]
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+@dataclass
+class SeedComparison:
+    seed: int
+    score_a: float
+    score_b: float
+    verdict: str  # a | b | equal | neither
+
+    @property
+    def difference(self) -> float:
+        return self.score_a - self.score_b
+
+
+@dataclass
+class Comparison:
+    """A against B on one task: frontier scores on the means over the common seeds, bootstrap
+    intervals, the dominance verdict, and the same per seed (paired)."""
+
+    task: TaskPoints
+    a: str
+    b: str
+    seeds: list[int]
+    reference: Point
+    score_a: float
+    score_b: float
+    interval_a: tuple[float, float]
+    interval_b: tuple[float, float]
+    interval_difference: tuple[float, float]
+    verdict: str
+    per_seed: list[SeedComparison]
+    level: float = 0.95
+
+    @property
+    def difference(self) -> float:
+        return self.score_a - self.score_b
+
+
+def verdict(a: Sequence[Point], b: Sequence[Point], higher) -> str:
+    """``a`` / ``b`` when that front dominates the other, ``equal``, or ``neither`` (they
+    cross)."""
+    front_a = [a[i] for i in pareto_front(a, higher)]
+    front_b = [b[i] for i in pareto_front(b, higher)]
+    if front_dominates(front_a, front_b, higher):
+        return "a"
+    if front_dominates(front_b, front_a, higher):
+        return "b"
+    return "equal" if sorted(front_a) == sorted(front_b) else "neither"
+
+
+def compare(
+    points: TaskPoints,
+    a: str,
+    b: str,
+    reference: Point | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Comparison:
+    """Compare two methods' frontiers on the seeds both have (paired by seed)."""
+    if a == b:
+        raise ForgetbenchError(f"compare needs two different methods, got {a!r} twice")
+    first, second = points.method(a), points.method(b)
+    seeds = sorted(first.seeds() & second.seeds())
+    if not seeds:
+        raise ForgetbenchError(
+            f"{a} and {b} have no seed in common on {points.task}: run both with the same seeds"
+        )
+    reference = reference or default_reference(points, [a, b])
+    higher = points.higher
+
+    def both(chosen):
+        return score(first, reference, higher, chosen), score(second, reference, higher, chosen)
+
+    score_a, score_b = both(seeds)
+    per_seed = [
+        SeedComparison(
+            s,
+            *both([s]),
+            verdict(list(first.means([s]).values()), list(second.means([s]).values()), higher),
+        )
+        for s in seeds
+    ]
+    return Comparison(
+        points,
+        a,
+        b,
+        seeds,
+        reference,
+        score_a,
+        score_b,
+        bootstrap_interval(lambda c: both(c)[0], seeds, resamples, seed),
+        bootstrap_interval(lambda c: both(c)[1], seeds, resamples, seed),
+        bootstrap_interval(lambda c: float(np.subtract(*both(c))), seeds, resamples, seed),
+        verdict(list(first.means(seeds).values()), list(second.means(seeds).values()), higher),
+        per_seed,
+    )
+
+
+def summary(result: Comparison) -> str:
+    """One sentence: who dominates, and whether the score difference's interval excludes 0."""
+    a, b = result.a, result.b
+    low, high = result.interval_difference
+    dominance = {
+        "a": f"{a}'s frontier dominates {b}'s",
+        "b": f"{b}'s frontier dominates {a}'s",
+        "equal": f"{a} and {b} have the same frontier",
+        "neither": f"the frontiers of {a} and {b} cross (neither dominates)",
+    }[result.verdict]
+    if low > 0 or high < 0:
+        winner = a if low > 0 else b
+        clear = f"{winner} scores higher; the {result.level:.0%} interval excludes 0"
+    else:
+        clear = f"the {result.level:.0%} interval of the difference includes 0: no clear winner"
+    n = len(result.seeds)
+    return f"{dominance} (means over {n} seed{'s' if n != 1 else ''}); {clear}."
+
+
+def is_finite(value: float) -> bool:
+    return not math.isnan(value) and not math.isinf(value)
