@@ -1,0 +1,176 @@
+"""Pareto frontiers, hypervolume and the bootstrap against hand-computed examples, in both
+metric directions; ``forgetbench compare`` on a store of hand-made runs."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from forgetbench.cli import app
+from forgetbench.errors import ForgetbenchError
+from forgetbench.frontier import (
+    bootstrap_interval,
+    collect,
+    compare,
+    default_reference,
+    front_dominates,
+    hypervolume,
+    pareto_front,
+    verdict,
+)
+from forgetbench.store import Metric, Store
+
+# Three points on a staircase and one inside it. Higher is better on both axes:
+# the front is (0.9, 0.1), (0.5, 0.5), (0.1, 0.9); above (0, 0) the area they dominate is
+# 0.9 * 0.1 + 0.5 * (0.5 - 0.1) + 0.1 * (0.9 - 0.5) = 0.09 + 0.20 + 0.04 = 0.33.
+POINTS = [(0.5, 0.5), (0.4, 0.4), (0.1, 0.9), (0.9, 0.1)]
+
+
+def flip(points, axes):
+    """The same points with the given axes turned into 'lower is better' (1 - value)."""
+    return [
+        tuple(1 - v if flipped else v for v, flipped in zip(p, axes, strict=True)) for p in points
+    ]
+
+
+def test_pareto_front_by_hand_higher_is_better():
+    assert pareto_front(POINTS) == [3, 0, 2]  # best prior first
+
+
+@pytest.mark.parametrize("axes", [(True, True), (True, False), (False, True)])
+def test_front_and_hypervolume_are_the_same_in_every_direction(axes):
+    higher = tuple(not flipped for flipped in axes)
+    points = flip(POINTS, axes)
+    reference = flip([(0.0, 0.0)], axes)[0]
+    assert pareto_front(points, higher) == [3, 0, 2]
+    assert hypervolume(points, reference, higher) == pytest.approx(0.33)
+
+
+def test_hypervolume_by_hand():
+    assert hypervolume(POINTS, (0.0, 0.0)) == pytest.approx(0.33)
+    # above (0.2, 0.2) only (0.5, 0.5) counts: (0.9, 0.1) and (0.1, 0.9) are not above it
+    assert hypervolume(POINTS, (0.2, 0.2)) == pytest.approx(0.3 * 0.3)
+    assert hypervolume([(0.4, 0.4)], (0.0, 0.0)) == pytest.approx(0.16)
+    assert hypervolume([], (0.0, 0.0)) == 0.0
+    # a dominated point adds nothing
+    assert hypervolume([*POINTS, (0.3, 0.3)], (0.0, 0.0)) == pytest.approx(0.33)
+    # lower is better on both: errors 0.1 and 0.2 below a reference error of 0.5
+    assert hypervolume([(0.1, 0.2)], (0.5, 0.5), (False, False)) == pytest.approx(0.4 * 0.3)
+
+
+def test_front_dominance_and_verdict():
+    better = [(0.6, 0.6), (0.95, 0.1)]
+    assert front_dominates(better, [(0.5, 0.5), (0.9, 0.1)])
+    assert not front_dominates([(0.5, 0.5)], better)
+    assert not front_dominates(better, better)  # identical fronts dominate neither way
+    assert verdict(better, [(0.5, 0.5)], (True, True)) == "a"
+    assert verdict([(0.5, 0.5)], better, (True, True)) == "b"
+    assert verdict([(0.9, 0.1)], [(0.1, 0.9)], (True, True)) == "neither"
+    assert verdict([(0.5, 0.5)], [(0.5, 0.5)], (True, True)) == "equal"
+    # with lower-is-better new metric, the low-error point wins
+    assert verdict([(0.5, 0.2)], [(0.5, 0.4)], (True, False)) == "a"
+
+
+def test_bootstrap_interval_is_reproducible_under_a_seed():
+    values = {0: 0.1, 1: 0.5, 2: 0.2, 3: 0.9, 4: 0.4}
+
+    def mean(seeds):
+        return sum(values[s] for s in seeds) / len(seeds)
+
+    first = bootstrap_interval(mean, list(values), resamples=500, seed=7)
+    assert first == bootstrap_interval(mean, list(values), resamples=500, seed=7)
+    assert first != bootstrap_interval(mean, list(values), resamples=500, seed=8)
+    low, high = first
+    assert low < mean(list(values)) < high
+    assert low >= 0.1  # a mean of resampled values stays within them
+    assert high <= 0.9
+
+
+def store_run(store, stack, label, seed, prior, new, before=(0.8, 0.1), higher=(True, True)):
+    """A finished run of method stack ``stack`` (config label ``label``) on task ``toy``."""
+    run_id = store.start_run(
+        task="toy",
+        task_version="1",
+        family="text-classification",
+        prior_metric="accuracy",
+        new_metric="accuracy",
+        methods=label,
+        config={"methods": [{"name": name, "config": {}} for name in stack.split("+")]},
+        config_hash=f"hash-{label}",
+        seed=seed,
+        model="m",
+        data_fingerprints={},
+        versions={},
+    )
+    store.finish_run(
+        run_id,
+        [
+            Metric("prior", "after", "accuracy", prior, higher[0]),
+            Metric("new", "after", "accuracy", new, higher[1]),
+            Metric("prior", "before", "accuracy", before[0], higher[0]),
+            Metric("new", "before", "accuracy", before[1], higher[1]),
+        ],
+    )
+
+
+@pytest.fixture
+def toy(db) -> str:
+    """mixcd (two configs) beats random (one config) on every one of three seeds."""
+    store = Store(db)
+    for seed in range(3):
+        shift = 0.01 * seed
+        store_run(store, "mixcd", "mixcd(mix_ratio=0.25)", seed, 0.70 + shift, 0.80)
+        store_run(store, "mixcd", "mixcd(mix_ratio=0.5)", seed, 0.75 + shift, 0.70)
+        store_run(store, "random", "random(mix_ratio=0.25)", seed, 0.60 + shift, 0.78)
+        store_run(store, "finetune", "finetune", seed, 0.40, 0.90 - shift)
+    return db
+
+
+def test_compare_by_hand(toy):
+    points = collect(Store(toy, read_only=True), "toy")
+    assert set(points.methods) == {"mixcd", "random", "finetune"}
+    assert points.f0_mean() == pytest.approx((0.8, 0.1))
+    result = compare(points, "mixcd", "random", reference=(0.5, 0.5), resamples=300)
+    seed0 = result.per_seed[0]
+    # seed 0: mixcd's front (0.75, 0.7), (0.7, 0.8): 0.25 * 0.2 + 0.2 * 0.1 = 0.07;
+    # random's (0.6, 0.78): 0.1 * 0.28 = 0.028
+    assert seed0.score_a == pytest.approx(0.07)
+    assert seed0.score_b == pytest.approx(0.028)
+    assert seed0.difference == pytest.approx(0.042)
+    assert [s.verdict for s in result.per_seed] == ["a", "a", "a"]
+    assert result.verdict == "a"
+    low, high = result.interval_difference
+    assert 0 < low <= result.difference <= high
+    again = compare(points, "mixcd", "random", reference=(0.5, 0.5), resamples=300)
+    assert again.interval_difference == result.interval_difference
+
+
+def test_default_reference_is_below_every_point_and_f0(toy):
+    points = collect(Store(toy, read_only=True), "toy")
+    prior, new = default_reference(points, ["mixcd", "random"])
+    # worst prior 0.60, best 0.80 (f0): 10% of 0.20 below; worst new 0.10 (f0), best 0.80
+    assert prior == pytest.approx(0.58)
+    assert new == pytest.approx(0.03)
+
+
+def test_compare_refuses_unknown_methods_and_disjoint_seeds(db):
+    store = Store(db)
+    store_run(store, "mixcd", "mixcd", 0, 0.7, 0.8)
+    store_run(store, "random", "random", 1, 0.6, 0.8)
+    points = collect(store, "toy")
+    with pytest.raises(ForgetbenchError, match="no seed in common"):
+        compare(points, "mixcd", "random")
+    with pytest.raises(ForgetbenchError, match="did you mean 'mixcd'"):
+        compare(points, "mixd", "random")
+
+
+def test_cli_compare_prints_the_verdict_and_intervals_in_80_columns(toy):
+    result = CliRunner().invoke(
+        app, ["compare", "mixcd", "random", "--task", "toy", "--db", toy, "--resamples", "200"]
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "mixcd's frontier dominates random's (means over 3 seeds)" in text
+    assert "the 95% interval excludes 0" in text
+    assert "A dominates" in text
+    assert max(len(line) for line in result.output.splitlines()) <= 80
