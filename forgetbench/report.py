@@ -46,6 +46,7 @@ DEFINITIONS = {
     "wall_seconds": "wall time of the run in seconds",
 }
 TABLE_DECIMALS = 3  # compact cells: 0.727±0.011
+LABEL_MIN_WIDTH = 22  # longer method labels fold onto more lines
 # Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30; beyond, a Cornish-Fisher
 # expansion of the normal quantile is accurate to 1e-3.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -304,15 +305,17 @@ def _title(row: Row, ci: bool) -> str:
     return f"{row.task}: {metric}, mean±{spread} over seeds, * Pareto-optimal"
 
 
-def _table(rows: list[Row], shown: list[tuple], ci: bool) -> Table:
+def _table(rows: list[Row], shown: list[tuple], ci: bool, label_width: int | None = None) -> Table:
+    """The table of one task's rows; ``label_width`` cuts the labels (to measure a table whose
+    labels fold)."""
     table = Table(title=escape(_title(rows[0], ci)), box=box.SIMPLE_HEAD, pad_edge=False)
     longest = max(len(row.methods) + 2 for row in rows)
-    table.add_column("methods", overflow="fold", min_width=min(longest, 22))
+    table.add_column("methods", overflow="fold", min_width=min(longest, LABEL_MIN_WIDTH))
     table.add_column("n", justify="right", no_wrap=True)
     for _, header, _ in shown:
         table.add_column(header, justify="right", no_wrap=True)
     for row in rows:
-        label = escape(("* " if row.pareto else "  ") + row.methods)
+        label = escape((("* " if row.pareto else "  ") + row.methods)[:label_width])
         cells = [cell(row, key, decimals, ci) for key, _, decimals in shown]
         table.add_row(label, str(len(row.seeds)), *cells)
     return table
@@ -324,11 +327,12 @@ def fit_columns(
     """The longest prefix of ``available`` (in priority order) whose table fits ``width``
     (the main metrics are always kept). Columns no row has a value for are skipped."""
     present = [c for c in available if any(row.values.get(c[0]) for row in rows)]
-    console = Console(width=width)
+    console = Console(width=100_000)  # a measurement is clamped to the console's width
     shown: list[tuple] = []
     for column in present:
         candidate = [*shown, column]
-        needed = Measurement.get(console, console.options, _table(rows, candidate, ci)).minimum
+        table = _table(rows, candidate, ci, LABEL_MIN_WIDTH)
+        needed = Measurement.get(console, console.options, table).minimum
         if needed > width and column[0] not in ("prior_after", "new_after"):
             break
         shown = candidate

@@ -1,0 +1,163 @@
+"""The leaderboard: aggregation with std and 95% intervals by hand, compute relative to
+finetune, CSV/JSON round trips, the 80-column table, markup-safe labels, small values in
+``show``, and the SQL view that datasette shows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sqlite3
+from contextlib import closing
+
+import pytest
+from typer.testing import CliRunner
+
+from forgetbench.cli import app
+from forgetbench.report import leaderboard, t_quantile_975
+from forgetbench.store import Metric, Store
+
+LABEL = "mixcd(mix_ratio=0.25,partitions=label) [steps=20,lr=0.0001]"
+
+
+def store_run(store, label, seed, prior, new, compute=None, cd_rate=3.7e-5):
+    run_id = store.start_run(
+        task="toy",
+        task_version="1",
+        family="text-classification",
+        prior_metric="accuracy",
+        new_metric="accuracy",
+        methods=label,
+        config={"methods": [{"name": label.split("(")[0], "config": {}}]},
+        config_hash=f"hash-{label}",
+        seed=seed,
+        model="m",
+        data_fingerprints={},
+        versions={},
+    )
+    store.finish_run(
+        run_id,
+        [
+            Metric("prior", "after", "accuracy", prior),
+            Metric("new", "after", "accuracy", new),
+            Metric("prior", "derived", "forgetting", 0.9 - prior, False),
+            Metric("prior", "derived", "cd_rate", cd_rate, False),
+        ],
+        compute=compute or {"forwarded": 640, "extra_inference": 0, "wall_seconds": 10.0},
+    )
+    return run_id
+
+
+@pytest.fixture
+def toy(db) -> str:
+    store = Store(db)
+    for seed, prior in enumerate((0.70, 0.72, 0.77)):
+        store_run(store, "finetune", seed, prior - 0.2, 0.90)
+        compute = {"forwarded": 640, "extra_inference": 320, "wall_seconds": 25.0}
+        store_run(store, LABEL, seed, prior, 0.80 + 0.01 * seed, compute)
+    return db
+
+
+def test_aggregation_std_interval_and_relative_compute_by_hand(toy):
+    rows = {row.methods: row for row in leaderboard(Store(toy, read_only=True))}
+    row = rows[LABEL]
+    values = [0.70, 0.72, 0.77]
+    mean = sum(values) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+    assert row.mean("prior_after") == pytest.approx(mean)
+    assert row.std("prior_after") == pytest.approx(std)
+    assert row.ci95("prior_after") == pytest.approx(4.303 * std / math.sqrt(3))
+    assert row.mean("compute_x") == pytest.approx((640 + 320) / 640)
+    assert row.mean("wall_x") == pytest.approx(2.5)
+    assert rows["finetune"].mean("compute_x") == pytest.approx(1.0)
+    assert math.isnan(rows["finetune"].ci95("missing"))
+
+
+def test_t_quantiles():
+    assert t_quantile_975(1) == pytest.approx(12.706)
+    assert t_quantile_975(30) == pytest.approx(2.042)
+    assert t_quantile_975(60) == pytest.approx(2.000, abs=1e-3)
+    assert t_quantile_975(10_000) == pytest.approx(1.960, abs=1e-3)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_json_and_csv_round_trip(toy):
+    as_json = json.loads(invoke("leaderboard", "--db", toy, "-f", "json"))
+    as_csv = list(csv.DictReader(io.StringIO(invoke("leaderboard", "--db", toy, "-f", "csv"))))
+    assert [r["methods"] for r in as_json] == [r["methods"] for r in as_csv] == [LABEL, "finetune"]
+    for record, line in zip(as_json, as_csv, strict=True):
+        for key, value in record.items():
+            if isinstance(value, float):
+                assert float(line[key]) == pytest.approx(value)
+            elif isinstance(value, bool):
+                assert line[key] == str(value)
+            else:
+                assert line[key] == str(value)
+    assert as_json[0]["prior_after_ci95"] == pytest.approx(
+        4.303 * as_json[0]["prior_after_std"] / math.sqrt(3), abs=1e-5
+    )
+
+
+def test_table_fits_80_columns_with_compact_cells_and_a_footnote(toy):
+    output = invoke("leaderboard", "--db", toy)
+    lines = output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    text = " ".join(output.split())
+    assert "0.730±0.036" in text  # mean and std of 0.70, 0.72, 0.77
+    assert "[steps=20,lr=0.0001]" in text  # not swallowed as markup
+    assert "prior/after: the prior task's main metric after fine-tuning" in text
+    assert "± standard deviation over seeds" in text
+    assert "not shown for width:" in text  # the compute columns did not fit
+
+
+def test_columns_and_ci_options(toy):
+    output = invoke("leaderboard", "--db", toy, "--columns", "prior_after,compute_x", "--ci")
+    text = " ".join(output.split())
+    assert "compute ×ft" in text
+    assert "new/after" not in text.split("±")[0]  # only the chosen columns
+    half = 4.303 * 0.0360555 / math.sqrt(3)
+    assert f"0.730±{half:.3f}" in text
+    assert "95% Student t interval" in text
+    result = CliRunner().invoke(app, ["leaderboard", "--db", toy, "--columns", "prior_aftr"])
+    assert result.exit_code != 0
+    assert "did you mean 'prior_after'" in str(result.exception)
+
+
+def test_show_prints_small_values(toy):
+    text = invoke("show", "2", "--db", toy)
+    assert "3.7e-05" in text
+    assert "[steps=20,lr=0.0001]" in text
+
+
+def test_sql_view_matches_the_leaderboard(toy):
+    with closing(sqlite3.connect(toy)) as connection:
+        connection.row_factory = sqlite3.Row
+        rows = {
+            row["methods"]: dict(row) for row in connection.execute("SELECT * FROM leaderboard")
+        }
+    board = {row.methods: row for row in leaderboard(Store(toy, read_only=True))}
+    assert set(rows) == set(board)
+    for label, row in rows.items():
+        assert row["seeds"] == 3
+        assert row["prior_after_mean"] == pytest.approx(board[label].mean("prior_after"))
+        assert row["new_after_max"] == pytest.approx(max(board[label].values["new_after"]))
+        assert row["cd_rate_mean"] == pytest.approx(3.7e-5)
+
+
+def test_the_view_counts_a_rerun_seed_once_and_no_failed_run(toy):
+    store = Store(toy)
+    store_run(store, "finetune", 0, 0.1, 0.1)  # rerun of seed 0: replaces the first
+    failed = store.start_run(**{**store.get_run(1), "id": None, "status": "running"})
+    store.fail_run(failed, "boom")
+    with closing(sqlite3.connect(toy)) as connection:
+        seeds, prior = connection.execute(
+            "SELECT seeds, prior_after_min FROM leaderboard WHERE methods = 'finetune'"
+        ).fetchone()
+    assert seeds == 3
+    assert prior == pytest.approx(0.1)
