@@ -109,11 +109,9 @@ class PlannedRun:
     config_hash: str
 
 
-def plan(
-    spec: SweepSpec, store: Store, force: bool = False, registry: Registry | None = None
-) -> tuple[list[PlannedRun], list[PlannedRun]]:
-    """(to run, skipped as already finished). Resolves every run first: bad input fails here,
-    before anything runs."""
+def plan(spec: SweepSpec, registry: Registry | None = None) -> list[PlannedRun]:
+    """Every run of the sweep, resolved (validated and hashed): bad input fails here, before
+    anything is stored or runs."""
     registry = registry or runner.get_registry()  # looked up when called: tests swap it
     if not spec.methods:
         raise ForgetbenchError("give at least one --method")
@@ -123,12 +121,19 @@ def plan(
         defaults = TrainConfig(**type(resolved.task).train_defaults)
         label = method_label(resolved.methods, resolved.train, defaults)
         planned.append(PlannedRun(request, label, resolved.config_hash))
-    done = {(run["config_hash"], run["seed"]) for run in store.get_runs(status="ok")}
+    return planned
+
+
+def split_done(
+    planned: list[PlannedRun], store: Store, force: bool = False
+) -> tuple[list[PlannedRun], list[PlannedRun]]:
+    """(to run, skipped): a run whose (config hash, seed) finished ``ok`` in ``store`` is
+    skipped, unless ``force``."""
     if force:
         return planned, []
+    done = {(run["config_hash"], run["seed"]) for run in store.get_runs(status="ok")}
     todo = [p for p in planned if (p.config_hash, p.request.seed) not in done]
-    skipped = [p for p in planned if (p.config_hash, p.request.seed) in done]
-    return todo, skipped
+    return todo, [p for p in planned if (p.config_hash, p.request.seed) in done]
 
 
 @dataclass
@@ -296,9 +301,9 @@ def run_sweep(
 ) -> SweepResult:
     """Plan the sweep, run what is not done yet, and report each run as it finishes."""
     check_executor(executor, workers)
+    planned = plan(spec, registry_factory() if registry_factory else None)
     store = Store(db)
-    registry = registry_factory() if registry_factory else None
-    todo, skipped = plan(spec, store, force, registry)
+    todo, skipped = split_done(planned, store, force)
     note = sqlite_cluster_warning(store, executor)
     if note:
         echo(note)

@@ -1,0 +1,151 @@
+"""``forgetbench sweep`` on the tiny mock task: the grid, skip-if-done and --force, a failed run
+that does not stop the sweep, a process pool, and Ray in local mode."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from reliability_helpers import SMALL, cli, one_error_line, use_registry
+
+from forgetbench.errors import ForgetbenchError
+from forgetbench.report import leaderboard
+from forgetbench.store import Store
+from forgetbench.sweep import SweepSpec, expand, parse_grid, parse_seeds, run_sweep
+from forgetbench.testing import registry_with
+
+REGISTRY = registry_with()
+# 2 configs (steps) x 2 seeds of plain fine-tuning on the tiny task: seconds each.
+SPEC = SweepSpec("tiny", ["finetune"], {"steps": ["2", "3"]}, [0, 1], dict(SMALL))
+
+
+def test_parse_seeds_and_grid():
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("0-2,9,1") == [0, 1, 2, 9]
+    for bad in ("a", "3-1", "1-", ""):
+        with pytest.raises(ForgetbenchError, match="--seeds"):
+            parse_seeds(bad)
+    grid = parse_grid(["mixcd.mix_ratio=0.1, 0.25", "wise-ft.grid=0,0.5;0,1", "steps=5"])
+    assert grid == {"mixcd.mix_ratio": ["0.1", "0.25"], "wise-ft.grid": ["0,0.5", "0,1"]} | {
+        "steps": ["5"]
+    }
+    with pytest.raises(ForgetbenchError, match="key=v1,v2"):
+        parse_grid(["steps"])
+    with pytest.raises(ForgetbenchError, match="given twice"):
+        parse_grid(["steps=1", "steps=2"])
+
+
+def test_method_keys_vary_only_the_stacks_that_have_the_method():
+    spec = SweepSpec(
+        "tiny",
+        ["mixcd", "random", "mixcd+wise-ft"],
+        {"mixcd.mix_ratio": ["0.1", "0.2"], "steps": ["2", "3"]},
+        [0, 1],
+    )
+    requests = expand(spec, REGISTRY)
+    stacks = [tuple(r.methods) for r in requests]
+    assert stacks.count(("mixcd",)) == 8  # 2 ratios x 2 budgets x 2 seeds
+    assert stacks.count(("random",)) == 4  # 2 budgets x 2 seeds
+    assert stacks.count(("mixcd", "wise-ft")) == 8
+    assert all("mixcd.mix_ratio" not in r.overrides for r in requests if r.methods == ["random"])
+    with pytest.raises(ForgetbenchError, match="method lora is not in the sweep"):
+        expand(SweepSpec("tiny", ["mixcd"], {"lora.r": ["4"]}), REGISTRY)
+
+
+def check_stored(db: str, runs: int) -> None:
+    """``runs`` ok runs, grouped into the spec's two configs of two seeds each."""
+    store = Store(db, read_only=True)
+    assert len(store.get_runs(status="ok")) == runs
+    rows = leaderboard(store)
+    assert sorted(row.methods for row in rows) == ["finetune [steps=2]", "finetune [steps=3]"]
+    assert all(sorted(row.seeds) == [0, 1] for row in rows)
+
+
+def test_sweep_in_this_process_skips_finished_runs_unless_forced(db):
+    lines: list[str] = []
+    result = run_sweep(SPEC, db, registry_factory=registry_with, echo=lines.append)
+    assert [o.ok for o in result.outcomes] == [True] * 4
+    assert lines[0] == "sweep: 4 runs to do, 0 already finished"
+    assert lines[-1].startswith("[4/4] ok finetune [steps=3] seed 1: run 4")
+    check_stored(db, 4)
+    again = run_sweep(SPEC, db, registry_factory=registry_with, echo=lines.append)
+    assert (again.outcomes, len(again.skipped)) == ([], 4)
+    check_stored(db, 4)
+    wider = SweepSpec("tiny", ["finetune"], {"steps": ["2"]}, [0, 1, 2], dict(SMALL))
+    third = run_sweep(wider, db, registry_factory=registry_with, echo=lines.append)
+    assert [o.seed for o in third.outcomes] == [2]  # only the new seed runs
+    assert len(third.skipped) == 2
+    one = SweepSpec("tiny", ["finetune"], {"steps": ["2"]}, [0], dict(SMALL))
+    forced = run_sweep(one, db, force=True, registry_factory=registry_with, echo=lines.append)
+    assert len(forced.outcomes) == 1
+    assert len(Store(db).get_runs(status="ok")) == 6
+
+
+def test_a_failed_run_is_listed_and_the_sweep_goes_on(db, monkeypatch, capsys):
+    use_registry(monkeypatch, REGISTRY)
+    args = ["sweep", "--task", "tiny", "-m", "mixcd", "--grid", "mixcd.partitions=label,abc"]
+    args += ["--set", "steps=2", *(f"--set={k}={v}" for k, v in SMALL.items()), "--db", db]
+    code, stdout, stderr = cli(args, monkeypatch, capsys)
+    assert code == 1
+    text = " ".join(stdout.split())
+    assert "sweep done: 1 ok, 1 failed, 0 skipped" in text
+    label = "mixcd(partitions=['abc']) [steps=2]"
+    assert f"failed: {label} seed 0 (run 2): ForgetbenchError: mixcd: this task has no" in text
+    assert f"FAILED {label} seed 0" in stderr
+    assert [r["status"] for r in Store(db).get_runs()] == ["ok", "failed"]
+
+
+def test_bad_sweep_input_is_one_line_before_anything_runs(db, monkeypatch, capsys):
+    use_registry(monkeypatch, REGISTRY)
+    cases = {
+        ("--grid", "mix_ratio=0.1", "-m", "lora"): "a setting of method mixcd, random",
+        ("--grid", "steps=0"): "steps must be >= 1, got 0",
+        ("--seeds", "x"): "--seeds: 'x' is not a seed",
+        ("--workers", "0"): "--workers must be >= 1",
+        ("--executor", "slurm"): "--executor must be local or ray",
+    }
+    for extra, message in cases.items():
+        args = ["sweep", "--task", "tiny", *extra, "--db", db]
+        if "-m" not in extra:
+            args += ["-m", "finetune"]
+        code, _, stderr = cli(args, monkeypatch, capsys)
+        assert code == 1, stderr
+        assert message in one_error_line(stderr)
+    assert not Path(db).exists()  # nothing was stored, not even an empty store
+
+
+def test_missing_ray_is_one_clear_line(db, monkeypatch, capsys):
+    use_registry(monkeypatch, REGISTRY)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    args = ["sweep", "--task", "tiny", "-m", "finetune", "--executor", "ray", "--db", db]
+    code, _, stderr = cli(args, monkeypatch, capsys)
+    assert code == 1
+    assert "--executor ray needs Ray: pip install 'forgetbench[ray]'" in one_error_line(stderr)
+
+
+@pytest.mark.slow
+def test_sweep_with_a_process_pool(db):
+    result = run_sweep(SPEC, db, workers=2, registry_factory=registry_with, echo=lambda _: None)
+    assert [o.ok for o in result.outcomes] == [True] * 4
+    check_stored(db, 4)
+    pids = {run["pid"] for run in Store(db).get_runs()}
+    assert len(pids) <= 2  # at most two worker processes: one of them ran several runs
+    assert os.getpid() not in pids
+
+
+@pytest.mark.slow
+def test_sweep_on_ray_in_local_mode(db):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'forgetbench[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        lines: list[str] = []
+        result = run_sweep(
+            SPEC, db, executor="ray", registry_factory=registry_with, echo=lines.append
+        )
+    finally:
+        ray.shutdown()
+    assert [o.ok for o in result.outcomes] == [True] * 4
+    assert "a cluster needs PostgreSQL" in lines[0]
+    check_stored(db, 4)
