@@ -35,6 +35,10 @@ def _check_out(path: str | Path) -> Path:
     return path
 
 
+def _configs(count: int) -> str:
+    return f"{count} config" + ("" if count == 1 else "s")
+
+
 def _axis_label(split: str, metric: str, higher: bool) -> str:
     return f"{split} {metric} after fine-tuning ({'higher' if higher else 'lower'} is better)"
 
@@ -47,7 +51,7 @@ def _draw_method(ax, name: str, configs: dict, higher, color) -> None:
     spread = np.array([p.std(axis=0, ddof=1) if len(p) > 1 else np.zeros(2) for p in points])
     ax.errorbar(
         means[:, 0], means[:, 1], xerr=spread[:, 0], yerr=spread[:, 1], fmt="o", ms=5,
-        color=color, alpha=0.85, capsize=2, label=f"{name} ({len(labels)} configs)",
+        color=color, alpha=0.85, capsize=2, label=f"{name} ({_configs(len(labels))})",
     )  # fmt: skip
     front = pareto_front([tuple(m) for m in means], higher)
     if len(front) > 1:
@@ -91,7 +95,7 @@ def plot_task(store: Store, task: str, out: str | Path, title: str | None = None
         for alpha, x, y in curve[[0, -1]]:
             ax.annotate(f"a={alpha:g}", (x, y), fontsize=7, color="grey")
     if curves:
-        ax.plot([], [], "--", color="grey", label=f"WiSE-FT alpha grid ({len(curves)} configs)")
+        ax.plot([], [], "--", color="grey", label=f"WiSE-FT alpha grid ({_configs(len(curves))})")
     if points.f0:
         f0 = points.f0_mean()
         ax.plot(*f0, marker="*", ms=14, color="black", ls="", label="f0 (before fine-tuning)")
