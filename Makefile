@@ -12,7 +12,7 @@ SEEDS ?= 0
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,postgres,clip]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,postgres,clip,ray]'
 	touch $(STAMP)
 
 data:
