@@ -14,7 +14,8 @@ rehearsal, but draws them from the estimated distribution of CD samples:
   conditional independence, and needing far fewer observations per bin.
 - Estimator: the rehearsed samples are forwarded anyway; their correctness updates per-bin
   counts u (CD seen) and n (seen), alpha = (u + 1) / (n + 2), a Beta(1, 1) start at 0.5.
-  ``decay`` < 1 multiplies old counts each step so old evidence fades.
+  ``decay`` < 1 multiplies the counts by ``decay`` at every training step (whichever estimator
+  feeds them), so evidence k steps old weighs ``decay**k``.
   ``estimator=probe`` instead spends ``probe_size`` counted extra forward passes every
   ``probe_every`` steps on a uniform sample of the pool, free of the selection bias.
 - Sampling: cell k with probability proportional to |B_k| * alpha_k (its expected number of CD
@@ -87,11 +88,14 @@ class CollateralDamageEstimator:
         self.damaged = [np.zeros(size) for size in shapes]
         self.seen = [np.zeros(size) for size in shapes]
 
-    def update(self, cells: np.ndarray, damage: np.ndarray) -> None:
-        """Fold in observations: the cell of each observed sample and whether it was CD."""
+    def fade(self) -> None:
+        """One training step passed: old counts weigh ``decay`` times less."""
         if self.decay < 1.0:
             for counts in (*self.damaged, *self.seen):
                 counts *= self.decay
+
+    def update(self, cells: np.ndarray, damage: np.ndarray) -> None:
+        """Fold in observations: the cell of each observed sample and whether it was CD."""
         keys = self.scheme_codes[:, cells] if self.factorised else cells[None, :]
         for damaged, seen, key in zip(self.damaged, self.seen, keys, strict=True):
             np.add.at(damaged, key, damage.astype(float))
@@ -216,6 +220,11 @@ class MixCDConfig:
             for scheme in self.partitions:
                 check(scheme.isidentifier(), f"partitions: {scheme!r} is not a scheme name")
             check(len(set(self.partitions)) == len(self.partitions), "partitions repeat a scheme")
+            check(
+                not set(OWN_SCHEMES) <= set(self.partitions),
+                "partitions: loss and confidence give the same bins (on the pool of samples f0"
+                " gets right, loss = -log(confidence)): give one of them",
+            )
         check(
             self.combine in ("joint", "factorised"),
             f"combine must be joint or factorised, got {self.combine!r}",
@@ -283,6 +292,7 @@ class MixCD(Method):
     @hookimpl
     def forgetbench_after_step(self, ctx, step, model, batch, per_sample):
         index, damage = self.monitor.observe(batch, per_sample)
+        self.sampler.estimator.fade()  # per step, also between probes
         if self.config.estimator == "rehearsal":
             cells = self.sampler.cell_of[index]
             in_pool = cells >= 0
