@@ -117,9 +117,13 @@ def test_estimator_starts_at_one_half_and_decay_forgets():
     assert estimator.cell_rates().tolist() == [0.5, 0.5]
     estimator.update(np.array([0, 0, 0, 0]), np.array([True] * 4))
     assert estimator.cell_rates()[0] == pytest.approx(5 / 6)
+    estimator.fade()  # one step: counts u=2, n=2 -> alpha = 3/4
+    assert estimator.cell_rates()[0] == pytest.approx(3 / 4)
     for _ in range(20):  # no new evidence: old counts fade back towards the prior
-        estimator.update(np.array([], dtype=np.int64), np.array([], dtype=bool))
+        estimator.fade()
     assert estimator.cell_rates()[0] == pytest.approx(0.5, abs=1e-3)
+    estimator.update(np.array([1]), np.array([False]))  # an update alone does not fade
+    assert estimator.cell_rates()[1] == pytest.approx(1 / 3)
 
 
 def test_factorised_combination_formula():
@@ -185,6 +189,7 @@ def test_a_partition_the_task_lacks_is_an_error_with_a_suggestion():
         ("mix_ratio", 1.5),
         ("mix_ratio", 0.0),
         ("partitions", ("not a name",)),
+        ("partitions", ("label", "loss", "confidence")),  # loss and confidence: the same bins
         ("combine", "both"),
         ("conf_threshold", 1.2),
         ("decay", 0.0),
@@ -195,3 +200,26 @@ def test_a_partition_the_task_lacks_is_an_error_with_a_suggestion():
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
         MixCDConfig(**{field: value})
+
+
+def test_decay_applies_every_step_with_the_probe_estimator_too():
+    """Between probes (every 10 steps) the counts still fade once per step, as documented."""
+    predictions, schemes = planted(6, size=50)
+    config = MixCDConfig(partitions=("label",), decay=0.5, estimator="probe", probe_every=10)
+    method = MixCD(config)
+    ctx, data = fake_context(predictions, schemes)
+    estimator = method.forgetbench_prior_sampler(ctx=ctx, data=data).estimator
+    estimator.update(np.zeros(8, dtype=np.int64), np.ones(8, dtype=bool))
+    empty = Batch(
+        inputs={},
+        ids=torch.zeros(0, dtype=torch.long),
+        is_prior=torch.zeros(0, dtype=torch.bool),
+        index=torch.zeros(0, dtype=torch.long),
+    )
+    nothing = PerSample(torch.zeros(0), torch.zeros(0, dtype=torch.bool), torch.zeros(0))
+    for step in range(1, 4):  # no probe at steps 1-3
+        method.forgetbench_after_step(
+            ctx=ctx, step=step, model=None, batch=empty, per_sample=nothing
+        )
+    assert estimator.seen[0][0] == pytest.approx(8 * 0.5**3)
+    assert estimator.damaged[0][0] == pytest.approx(8 * 0.5**3)
