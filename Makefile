@@ -10,9 +10,13 @@ SEEDS ?= 0
 
 .PHONY: setup data demo test bench lint clean
 
-$(STAMP): pyproject.toml
+# The example third-party plugins (examples/*) install beside the project: CI runs them.
+EXAMPLES := $(wildcard examples/*/pyproject.toml)
+
+$(STAMP): pyproject.toml $(EXAMPLES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,postgres,clip,ray]'
+	$(BIN)/pip install --quiet --disable-pip-version-check $(foreach example,$(EXAMPLES),-e $(dir $(example)))
 	touch $(STAMP)
 
 data:

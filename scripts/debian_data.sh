@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the offline scenarios read, and nothing else.
-# Each task family lists its own in tasks/<family>/debian-packages.txt (one name per line,
-# '#' starts a comment); a package already installed is left alone.
+# Each task family lists its own in tasks/<family>/debian-packages.txt, an example task plugin
+# in examples/<name>/debian-packages.txt (one name per line, '#' starts a comment); a package
+# already installed is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-wanted=$(cat tasks/*/debian-packages.txt 2>/dev/null | sed 's/#.*//' | tr -s ' \t' '\n' | sed '/^$/d' | sort -u)
+wanted=$(cat tasks/*/debian-packages.txt examples/*/debian-packages.txt 2>/dev/null | sed 's/#.*//' | tr -s ' \t' '\n' | sed '/^$/d' | sort -u)
 missing=()
 for pkg in $wanted; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
