@@ -6,11 +6,14 @@ Networks", ICML 2018 (arXiv:1802.01483). The penalty added to the training loss 
     alpha/2 * sum ||w - w0||^2  over the weights f0 already had (w0: their values in f0)
     + beta/2 * sum ||w||^2       over the weights the new task added (fresh heads).
 
-Defaults: ``alpha=0.1``, ``beta=0.01``, the values we recall from the paper's image
-classification experiments (it picks them by cross-validation on each target task); they were not
-re-checked against the paper text when this module was written, so treat them as a starting
-point to sweep. The engine's AdamW keeps its decoupled weight decay (``train.weight_decay``);
-``--set train.weight_decay=0`` gives the paper's pure L2-SP objective.
+Defaults: ``alpha=0.1``, ``beta=0.01``. Source: none that matches a reference. The paper
+selects alpha and beta by cross-validation on each target task, so it has no universal value;
+these two numbers are this project's starting point (a strong pull to w0, a weak decay on the
+fresh head), not the paper's, and nothing here was calibrated against its results. Compare
+L2-SP by its frontier over a sweep
+(``forgetbench sweep -m l2sp --grid l2sp.alpha=0.001,0.01,0.1,1 --grid l2sp.beta=0,0.01``),
+not at the default. The engine's AdamW keeps its decoupled weight decay
+(``train.weight_decay``); ``--set train.weight_decay=0`` gives the paper's pure L2-SP objective.
 
 The anchors are the parameter tensors themselves, captured in setup, not their names: a model
 wrapper (e.g. LoRA via peft, which renames modules) keeps the same tensors, so stacking works.

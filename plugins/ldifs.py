@@ -14,6 +14,14 @@ the squared distance is averaged over the D feature dimensions, as in the author
 Defaults: ``lam`` (lambda) ``=10``, the authors' default (``--ldifs-alpha 10.0`` in their code
 and README). ``cache_mb=512`` is ours.
 
+Lambda's scale is not the authors': the same number is a weaker penalty here. Their taps are
+CLIP's token-level features [B, T, D], normalised along the token axis (issue 11's reading of
+their code, not re-checked here); ours are pooled [B, D] features normalised along D. The
+distances differ in size, and issue 11 reports lambda 10 here to be several times weaker than
+theirs on the same model. We keep 10 as the nominal default and claim no exchange rate (none
+was measured): compare LDIFS by its frontier over a lambda sweep
+(``forgetbench sweep -m ldifs --grid ldifs.lam=1,10,100,1000 --seeds 0-4``), not at one value.
+
 phi0 comes from a frozen copy of f0 taken in setup (eval mode, so no dropout; the model being
 trained is in train mode, as in the authors' training). A batch holding any example whose phi0
 is not cached goes through the frozen copy whole (counted as extra inference), and its phi0 are
