@@ -2,6 +2,7 @@
 forgetbench's mock ``tiny`` task through the real engine (``forgetbench.api.run_for_test``)."""
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,12 @@ SMALL = {"task.prior_eval_size": 64, "task.new_train_size": 128, "task.new_eval_
 
 
 @pytest.fixture(scope="module")
-def directory(tmp_path_factory) -> Path:
+def directory(tmp_path_factory) -> Iterator[Path]:
     """One store and cache for the module: the mock task's stage 0 is trained once."""
-    return tmp_path_factory.mktemp("ewc")
+    folder = tmp_path_factory.mktemp("ewc")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FORGETBENCH_CACHE", str(folder / "cache"))
+        yield folder
 
 
 def run(directory: Path, *methods, steps: int = 5, **settings):
