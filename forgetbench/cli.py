@@ -272,7 +272,7 @@ def list_plugins():
         table.add_row(name, meta.family, metric, offline, entry.provider, meta.description)
     out.print(table)
     for problem in registry.problems:
-        err.print(f"[yellow]warning:[/] {problem}")
+        err.print(f"[yellow]warning:[/] {escape(problem)}")
 
 
 def _print_run(store, run_id: int) -> None:
@@ -498,6 +498,36 @@ def plot(
     else:
         path = plot_run(store, run_id, out_path or f"run-{run_id}.png")
     out.print(f"wrote {path}", markup=False, highlight=False)
+
+
+@app.command("new-plugin")
+def new_plugin(
+    kind: Annotated[str, typer.Argument(help="method or task")],
+    name: Annotated[str, typer.Argument(help="the method's or task's name, e.g. my-method")],
+    family: Annotated[
+        str | None, typer.Option(help="task family to build on (forgetbench list)")
+    ] = None,
+    directory: Annotated[
+        str | None, typer.Option(help="where to write it (default ./forgetbench-NAME)")
+    ] = None,
+):
+    """Write a ready-to-install plugin distribution: pyproject, module, test, README."""
+    from pathlib import Path
+
+    from forgetbench.scaffold import new_method, new_task
+
+    if kind not in ("method", "task"):
+        raise ForgetbenchError(f"new-plugin makes a method or a task, got {kind!r}")
+    if (kind == "task") != (family is not None):
+        raise ForgetbenchError("--family goes with new-plugin task (and only there)")
+    target = Path(directory or f"forgetbench-{name}")
+    written = new_method(name, target) if kind == "method" else new_task(name, family, target)
+    out.print(
+        f"wrote {written}: pip install -e {written} && pytest {written}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _error_line(message: str) -> None:
