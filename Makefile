@@ -35,8 +35,9 @@ demo: setup
 test: setup
 	FORGETBENCH_TEST_PG_URL="$$(scripts/postgres.sh)" && export FORGETBENCH_TEST_PG_URL && $(BIN)/pytest
 
+# Every benchmark at quick sizes, one table (docs/performance.md); on a GPU when there is one.
 bench: setup
-	$(BIN)/python bench/bench_mixcd_sampler.py
+	$(BIN)/python -m bench.run_all --quick
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -37,6 +37,34 @@ def make_batch(
     )
 
 
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """``batch`` on ``device``; to a GPU through pinned memory without waiting for the copy
+    (the device's stream orders it before the kernels that read it)."""
+    if torch.device(device).type != "cuda":
+        return batch.to(device)
+    move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
+    inputs = {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
+    return Batch(inputs, move(batch.ids), move(batch.is_prior), move(batch.index))
+
+
+def length_order(split: Split) -> np.ndarray:
+    """Positions of ``split`` by increasing length of the examples' text and sequence fields
+    (characters or items: a proxy for tokens any family shares), stable; examples without
+    such fields (images) keep split order."""
+    sized = (str, list, tuple)
+    lengths = [sum(len(v) for v in e.values() if isinstance(v, sized)) for e in split.examples]
+    return np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+
+
+def evaluation_order(split: Split, device: torch.device | str) -> np.ndarray:
+    """The order :meth:`RunContext.predict` batches a split in: on a GPU by length (less
+    padding, the same per-example results up to float rounding); on the CPU in split order,
+    which keeps CPU results bit for bit (padding changes the last bits of a float)."""
+    if torch.device(device).type == "cpu":
+        return np.arange(len(split))
+    return length_order(split)
+
+
 class RunContext:
     """Read-only for plugins. Built once per run by the runner (stage 0 gets its own).
 
@@ -158,7 +186,7 @@ class RunContext:
         is_prior = split.name.startswith("prior")
         for indices, examples in self.chunks(split, batch_size, extra):
             batch = make_batch(self.task, self.bundle, examples, indices, [is_prior] * len(indices))
-            yield batch.to(self.device)
+            yield to_device(batch, self.device)
 
     def forward(
         self,
@@ -189,16 +217,29 @@ class RunContext:
         was_training = model.training
         model.eval()
         outputs = []
-        total = math.ceil(len(split) / self.train.eval_batch_size)
+        size = self.train.eval_batch_size
+        order = evaluation_order(split, self.device)
+        bar = progress(label or "", math.ceil(len(split) / size), label is not None)
         try:
-            with torch.inference_mode(), progress(label or "", total, label is not None) as step:
-                for batch in self.batches(split, extra=extra):
+            with torch.inference_mode(), bar as step:
+                for start in range(0, len(split), size):
+                    batch = self._batch_of(split, order[start : start + size], extra)
                     with self.autocast():
-                        outputs.append(self.task.forward(model, batch.inputs).detach_cpu())
+                        out = self.task.forward(model, batch.inputs)
+                    outputs.append(PerSample(out.loss, out.success, out.confidence))
                     step()
         finally:
             model.train(was_training)
-        return PerSample.concat(outputs)
+        result = PerSample.concat(outputs).detach_cpu()  # one wait for the device, at the end
+        inverse = torch.as_tensor(np.argsort(order, kind="stable"))
+        return PerSample(result.loss[inverse], result.success[inverse], result.confidence[inverse])
+
+    def _batch_of(self, split: Split, index: np.ndarray, extra: bool) -> Batch:
+        """The examples of ``split`` at ``index``, collated, counted, on the run's device."""
+        self._count(len(index), extra)
+        is_prior = [split.name.startswith("prior")] * len(index)
+        batch = make_batch(self.task, self.bundle, [split[int(i)] for i in index], index, is_prior)
+        return to_device(batch, self.device)
 
     def prior_predictions(self) -> PriorPredictions:
         """The prior model's per-sample results on the prior train set, from the shared cache.

@@ -12,24 +12,50 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
 
 from forgetbench.api import Batch, PerSample, PriorSampler, Split
 from forgetbench.checkpoint import Checkpointer
 from forgetbench.config import TrainConfig
-from forgetbench.context import RunContext, make_batch
+from forgetbench.context import RunContext, make_batch, to_device
 from forgetbench.errors import ForgetbenchError
 from forgetbench.progress import progress
 
 log = logging.getLogger("forgetbench")
+# Steps whose losses wait on the device before the curve takes them (one transfer each time).
+CURVE_FLUSH = 256
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch; ask torch for deterministic kernels where they exist."""
+    """Seed Python, numpy and torch; ask torch for deterministic kernels where they exist.
+
+    Deterministic mode would also fill every new tensor's memory with NaN (a debugging aid
+    that catches reads of uninitialised memory; it costs a write of every allocation, about a
+    tenth of a CPU training step): turned off, since no kernel here reads memory it did not
+    write, and the results are the same bit for bit (tests/test_invariance.py)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def uses_tf32(train: TrainConfig) -> bool:
+    """Whether fp32 matrix products of a run use TF32: on an Ampere or newer GPU, unless
+    ``FORGETBENCH_TF32=0``. Recorded with the run's versions (``torch.tf32``)."""
+    if os.environ.get("FORGETBENCH_TF32", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if train.device == "cpu" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability()[0] >= 8
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for CUDA matmuls and convolutions (the CPU's fp32 is untouched)."""
+    precision = "tf32" if enabled else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
 
 
 def check_device(train: TrainConfig) -> None:
@@ -42,6 +68,19 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
     """accelerate handles device placement and mixed precision; ``device=cpu`` forces the CPU."""
     check_device(train)
     use_cpu = train.device == "cpu" or (train.device == "auto" and not torch.cuda.is_available())
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != train.mixed_precision:
+        # accelerate keeps one process-wide state and refuses another precision (stage 0
+        # and a run, or several runs in one process): start it afresh
+        AcceleratorState._reset_state()
+    device = PartialState._shared_state.get("device")
+    if (
+        device is not None
+        and (device.type == "cpu") != use_cpu
+        and state.get("num_processes", 1) == 1
+    ):
+        AcceleratorState._reset_state(reset_partial_state=True)  # and another device
+    set_tf32(uses_tf32(train))
     return Accelerator(cpu=use_cpu, mixed_precision=train.mixed_precision)
 
 
@@ -109,11 +148,12 @@ def combine_loss(ctx: RunContext, hooks, model, batch: Batch, outputs: PerSample
     losses = outputs.loss.float()
     if hooks is None:
         return losses.mean()
-    weights = torch.ones_like(losses)
+    weights = None  # all ones: (1 * loss).mean() is loss.mean() bit for bit, without two kernels
     for result in hooks.forgetbench_sample_weights(ctx=ctx, batch=batch, losses=losses):
         if result is not None:
-            weights = weights * result.to(losses.device, losses.dtype)
-    loss = (weights * losses).mean()
+            result = result.to(losses.device, losses.dtype, non_blocking=True)
+            weights = result if weights is None else weights * result
+    loss = losses.mean() if weights is None else (weights * losses).mean()
     for penalty in hooks.forgetbench_regularizer(
         ctx=ctx, model=model, batch=batch, outputs=outputs
     ):
@@ -146,7 +186,12 @@ class TrainLoop:
     curve: list[tuple[str, int, float]] = field(default_factory=list)
 
     def run(self, model: torch.nn.Module) -> tuple[torch.nn.Module, list[tuple[str, int, float]]]:
-        """Train; returns the trained (unwrapped) model and the loss curve."""
+        """Train; returns the trained (unwrapped) model and the loss curve.
+
+        The loop never waits for the device except where a method asks for per-sample results
+        (``forgetbench_after_step``): the losses of the curve stay on the device until a
+        checkpoint or the end, and batches go to a GPU from pinned memory without blocking,
+        so the host prepares the next batch while the device computes."""
         done = self._prepare(model)
         with progress(self.label, self.ctx.train.steps) as advance:
             advance(done)
@@ -155,6 +200,7 @@ class TrainLoop:
                 loss, outputs = self._step(batch)
                 self._after_step(step, batch, loss, outputs)
                 advance()
+        self._flush_curve()
         return self.accelerator.unwrap_model(self.model), self.curve
 
     def _prepare(self, model: torch.nn.Module) -> int:
@@ -172,6 +218,10 @@ class TrainLoop:
         )
         self.sample_rng = self.ctx.generator("prior-sampler")
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet in the curve
+        self.observed = self.hooks is not None and bool(
+            self.hooks.forgetbench_after_step.get_hookimpls()
+        )
         if self.checkpointer is None:
             return 0
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -204,7 +254,7 @@ class TrainLoop:
 
     def _step(self, batch: Batch) -> tuple[torch.Tensor, PerSample]:
         """Forward, loss, backward, clip, optimiser and schedule steps."""
-        on_device = batch.to(self.accelerator.device)
+        on_device = to_device(batch, self.accelerator.device)
         with self.accelerator.autocast():
             outputs = self.ctx.task.forward(
                 self.model, on_device.inputs, with_features=self.needs_features
@@ -222,7 +272,7 @@ class TrainLoop:
 
     def _after_step(self, step: int, batch: Batch, loss: torch.Tensor, outputs: PerSample):
         """Hooks observe the step; the curve and the checkpoint record it."""
-        if self.hooks is not None:
+        if self.observed:  # per-sample results on the CPU: the one wait for the device
             self.hooks.forgetbench_after_step(
                 ctx=self.ctx,
                 step=step,
@@ -230,8 +280,11 @@ class TrainLoop:
                 batch=batch,
                 per_sample=outputs.detach_cpu(),
             )
-        self.curve.append(("train/loss", step, float(loss.detach())))
+        self.pending.append((step, loss.detach()))
+        if len(self.pending) >= CURVE_FLUSH:
+            self._flush_curve()
         if self.checkpointer is not None and self.checkpointer.due(step, self.ctx.train.steps):
+            self._flush_curve()
             loop = {
                 "stream": self.stream.state_dict(),
                 "sample_rng": self.sample_rng.bit_generator.state,
@@ -240,6 +293,14 @@ class TrainLoop:
             }
             unwrapped = self.accelerator.unwrap_model(self.model)
             self.checkpointer.save(step, unwrapped, self.optimizer, self.scheduler, loop)
+
+    def _flush_curve(self) -> None:
+        """Move the pending losses to the curve (one transfer from the device)."""
+        if self.pending:
+            values = torch.stack([loss.double() for _, loss in self.pending]).tolist()
+            steps = [step for step, _ in self.pending]
+            self.curve += [("train/loss", s, v) for s, v in zip(steps, values, strict=True)]
+            self.pending = []
 
 
 def elapsed(since: float) -> float:

@@ -22,9 +22,13 @@ CORE_PACKAGES = (
 )
 
 
-def package_versions(extra: dict[str, str]) -> dict[str, str]:
-    """Versions of Python, the core packages and the distributions providing the plugins."""
+def package_versions(extra: dict[str, str], tf32: bool | None = None) -> dict[str, str]:
+    """Versions of Python, the core packages and the distributions providing the plugins;
+    with ``tf32`` given, also whether the run's fp32 matrix products use TF32
+    (``torch.tf32``: ``on`` on an Ampere or newer GPU by default, else ``off``)."""
     versions = {"python": platform.python_version()}
+    if tf32 is not None:
+        versions["torch.tf32"] = "on" if tf32 else "off"
     for name in sorted({*CORE_PACKAGES, *extra.values()}):
         try:
             versions[name] = importlib.metadata.version(name)

@@ -5,6 +5,7 @@ one transaction) or ``failed`` / ``interrupted`` with the reason."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from forgetbench import engine
-from forgetbench.api import Compute, Method, Task, TaskData
+from forgetbench.api import Compute, Method, ModelBundle, Task, TaskData
 from forgetbench.cache import cache_root, hash_json
 from forgetbench.checkpoint import Checkpointer, CheckpointLock, checkpoint_dir
 from forgetbench.config import (
@@ -347,7 +348,8 @@ def _reopen_run(
             f"run {resume}'s checkpoint is in use by another process"
             f" ({lock.holder() or 'unknown'}): wait for it to finish"
         )
-    store.reopen_run(resume, versions=package_versions(resolved.providers), git_sha=git_sha())
+    versions = package_versions(resolved.providers, engine.uses_tf32(resolved.train))
+    store.reopen_run(resume, versions=versions, git_sha=git_sha())
     return store, request, resolved, resume, lock
 
 
@@ -368,7 +370,7 @@ def _start_row(store: Store, request: RunRequest, resolved: ResolvedRun) -> int:
         seed=request.seed,
         model=request.prior_model or "stage-0",
         data_fingerprints={},
-        versions=package_versions(resolved.providers),
+        versions=package_versions(resolved.providers, engine.uses_tf32(resolved.train)),
         git_sha=git_sha(),
     )
 
@@ -448,19 +450,22 @@ class Run:
 
     def load_data(self, ctx: RunContext) -> TaskData:
         """The task's splits, refused when one is empty; their fingerprints are stored."""
-        data = self.task.load_data(ctx)
+        data, fingerprints = loaded_data(self.task, ctx)
         for split in data.splits():
             if len(split) == 0:  # training would loop forever, evaluation divide by zero
                 raise ForgetbenchError(
                     f"task {self.task.metadata.name!r}: split {split.name} has 0 examples"
                     f" (sizes: {_split_sizes(data)}); check the task's size settings"
                 )
-        self.store.update_run(self.run_id, data_fingerprints=data.fingerprints())
+        self.store.update_run(self.run_id, data_fingerprints=fingerprints)
         return data
 
     def init_model(self, ctx: RunContext, data: TaskData) -> torch.nn.Module:
         """f0 plus what the new task adds (seeded with the run seed), on the run's device."""
-        bundle = prepare_prior(self.task, ctx, data, self.request.prior_model)
+        bundle = prior_bundle(self.task, ctx, data, self.request.prior_model)
+        if self.accelerator.state.mixed_precision != self.resolved.train.mixed_precision:
+            # stage 0 ran under accelerate state of its own: the run's comes back
+            self.accelerator = ctx.accelerator = engine.make_accelerator(self.resolved.train)
         self.store.update_run(self.run_id, model=f"{bundle.source}@{bundle.identity[:16]}")
         engine.seed_everything(self.request.seed)  # the new head's init must not depend on stage 0
         shared = {name for name, _ in bundle.model.named_parameters()}
@@ -516,6 +521,92 @@ class Run:
                 results += [Metric("run", "derived", k, v) for k, v in metrics.items()]
                 curve += list(extra.get("series", []))
         return results, curve
+
+
+# -- several runs in one process (a sweep's worker): data and prior models loaded once ---------
+
+MEMO_ENTRIES = 4  # the last two task configs' data and prior model
+_memo: dict[tuple, Any] = {}
+
+
+def memo_enabled() -> bool:
+    """In-process reuse is on unless ``FORGETBENCH_MEMO=0``."""
+    return os.environ.get("FORGETBENCH_MEMO", "1").strip().lower() not in ("0", "false", "off")
+
+
+def _task_key(task: Task, *parts: Any) -> tuple:
+    """A task config's identity in this process: class, version, config and the code that loads
+    (a patched loader is another key)."""
+    cls = type(task)
+    loaders = ("load_data", "build_prior", "load_bundle", "load_prior", "init_new_task")
+    config = hash_json(config_dict(task.config)) if task.config is not None else None
+    code = tuple(getattr(cls, name, None) for name in loaders)  # held: ids are never reused
+    return (cls.__module__, cls.__qualname__, cls.metadata.version, config, code, *parts)
+
+
+def _remember(key: tuple, value: Any) -> None:
+    _memo.pop(key, None)
+    _memo[key] = value
+    while len(_memo) > MEMO_ENTRIES:
+        _memo.pop(next(iter(_memo)))
+
+
+def loaded_data(task: Task, ctx: RunContext) -> tuple[TaskData, dict[str, str]]:
+    """The task's data and its fingerprints, loaded once per process and task config; each run
+    gets its own split lists (the examples themselves are shared, read-only)."""
+    key = ("data", *_task_key(task))
+    if memo_enabled() and key in _memo:
+        data, fingerprints = _memo[key]
+    else:
+        data = task.load_data(ctx)
+        fingerprints = data.fingerprints()
+        if not memo_enabled():
+            return data, fingerprints
+        _remember(key, (data, fingerprints))
+    splits = {}
+    for field_name, split in zip(SPLIT_FIELDS, data.splits(), strict=True):
+        splits[field_name] = copy.copy(split)
+        splits[field_name].examples = list(split.examples)
+    return dataclasses.replace(data, **splits, info=copy.deepcopy(data.info)), dict(fingerprints)
+
+
+SPLIT_FIELDS = ("prior_train", "prior_eval", "new_train", "new_eval")
+
+
+def _files_state(bundle: ModelBundle, prior_model: str | None) -> tuple | None:
+    """Names, sizes and times of the files a prior model was loaded from (None: none)."""
+    if prior_model:
+        directory = Path(prior_model).expanduser()
+    else:
+        directory = cache_root() / "stage0" / bundle.identity
+    if not bundle.identity or not directory.is_dir():
+        return None
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+def _copy_bundle(bundle: ModelBundle) -> ModelBundle:
+    """A bundle whose model and extras a run may change (the processor is shared)."""
+    return dataclasses.replace(
+        bundle, model=copy.deepcopy(bundle.model), extras=copy.deepcopy(bundle.extras)
+    )
+
+
+def prior_bundle(task: Task, ctx: RunContext, data: TaskData, prior_model: str | None):
+    """f0 (:func:`~forgetbench.prior.prepare_prior`), loaded once per process and task config
+    while the files it came from stay as they were; each run gets its own copy."""
+    key = ("prior", *_task_key(task, prior_model, str(cache_root())))
+    entry = _memo.get(key) if memo_enabled() else None
+    if (
+        entry is not None
+        and entry[1] is not None
+        and entry[1] == _files_state(entry[0], prior_model)
+    ):
+        return _copy_bundle(entry[0])
+    bundle = prepare_prior(task, ctx, data, prior_model)
+    if memo_enabled():
+        _remember(key, (_copy_bundle(bundle), _files_state(bundle, prior_model)))
+    return bundle
 
 
 def _split_sizes(data: TaskData) -> str:

@@ -61,7 +61,11 @@ def quantile_bins(values: np.ndarray, bins: int) -> np.ndarray:
 
 
 def dense_codes(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Relabel arbitrary integer codes to 0..K-1."""
+    """Relabel arbitrary integer codes to 0..K-1 (in increasing order of the codes)."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iu" and len(values) and values.min() >= 0 and values.max() < 2**24:
+        present = np.bincount(values) > 0  # O(n), where np.unique sorts: same codes
+        return (np.cumsum(present) - 1)[values].astype(np.int64), int(present.sum())
     unique, codes = np.unique(values, return_inverse=True)
     return codes.astype(np.int64), len(unique)
 
@@ -137,7 +141,10 @@ class CollateralDamageSampler(PriorSampler):
         self.cell_of = cell_of
         self.estimator = estimator
         members = np.flatnonzero(cell_of >= 0)
-        order = np.argsort(cell_of[members], kind="stable")
+        keys = cell_of[members]
+        if len(keys) and keys.max() < 2**15:
+            keys = keys.astype(np.int16)  # numpy sorts 16-bit keys stably by radix, in O(n)
+        order = np.argsort(keys, kind="stable")
         self.members = members[order]
         self.sizes = np.bincount(cell_of[members], minlength=estimator.scheme_codes.shape[1])
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
@@ -186,9 +193,11 @@ def build_cells(
         sizes.append(size)
     stacked = np.stack(per_scheme)  # [S, pool]
     flat = np.ravel_multi_index(tuple(stacked), tuple(sizes))
-    unique, cell = np.unique(flat, return_inverse=True)
+    cell, _ = dense_codes(flat)
+    counted = len(flat) and flat.max() < 2**24  # as dense_codes: counting, not sorting
+    unique = np.flatnonzero(np.bincount(flat)) if counted else np.unique(flat)
     scheme_codes = np.stack(np.unravel_index(unique, tuple(sizes))).astype(np.int64)
-    return cell.astype(np.int64), scheme_codes, sizes
+    return cell, scheme_codes, sizes
 
 
 @dataclass

@@ -1,0 +1,131 @@
+"""What the performance work may not change: length-sorted evaluation gives every example its
+own result, the deferred loss curve is the per-step curve, observers still see every step on
+the CPU, runs in one process reuse data and prior models without changing a number, accelerate
+takes another precision in the same process, and mix-cd's counting setup builds the same cells
+as sorting did. (No timings here: bench/ measures them.)"""
+
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from forgetbench import context, engine
+from forgetbench.api import Method, Split, TrainConfig, hookimpl
+from forgetbench.testing import TinyConfig, TinyTextTask, run_for_test
+from forgetbench_plugins.mixcd import build_cells, dense_codes
+
+
+@pytest.fixture
+def tiny():
+    task = TinyTextTask(TinyConfig(prior_eval_size=70))
+    data = task.load_data(None)
+    ctx = context.RunContext(
+        run_id=None, seed=0, task=task, train=TrainConfig(eval_batch_size=16), device="cpu"
+    )
+    torch.manual_seed(0)
+    ctx.bundle = task.build_prior(ctx, data)
+    model = task.init_new_task(ctx, ctx.bundle, data)
+    return ctx, model, data
+
+
+def test_length_sorted_evaluation_gives_each_example_its_own_result(tiny, monkeypatch):
+    ctx, model, data = tiny
+    split = data.prior_eval
+    order = context.length_order(split)
+    lengths = [len(split[int(i)]["tokens"]) for i in order]
+    assert lengths == sorted(lengths)
+    assert not np.array_equal(order, np.arange(len(split)))
+    plain = ctx.predict(model, split)
+    monkeypatch.setattr(context, "evaluation_order", lambda s, d: context.length_order(s))
+    ordered = ctx.predict(model, split)
+    assert torch.equal(plain.success, ordered.success)
+    torch.testing.assert_close(ordered.loss, plain.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ordered.confidence, plain.confidence, rtol=1e-5, atol=1e-6)
+    # in split order: row i is example i's own result (alone in its batch)
+    for i in (0, 17, 69):
+        alone = ctx.predict(model, Split(split.name, [split[i]]))
+        torch.testing.assert_close(ordered.loss[i : i + 1], alone.loss, rtol=1e-5, atol=1e-6)
+    assert ctx.compute.eval_inference == 2 * len(split) + 3
+
+
+def test_cpu_evaluation_keeps_split_order():
+    split = Split("prior_eval", [{"id": i, "text": "x" * (9 - i)} for i in range(9)])
+    assert np.array_equal(context.evaluation_order(split, "cpu"), np.arange(9))
+    assert np.array_equal(context.length_order(split), np.arange(9)[::-1])
+
+
+def test_loss_curve_is_the_same_whatever_the_flush_interval(monkeypatch, tmp_path):
+    first = run_for_test(steps=6, directory=tmp_path / "a")
+    monkeypatch.setattr(engine, "CURVE_FLUSH", 4)
+    second = run_for_test(steps=6, directory=tmp_path / "b")
+    curve = [point for point in first.series if point[0] == "train/loss"]
+    assert [step for _, step, _ in curve] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(value) for _, _, value in curve)
+    assert curve == [point for point in second.series if point[0] == "train/loss"]
+
+
+class Observer(Method):
+    name = "observer"
+    description = "records what forgetbench_after_step receives"
+    seen: ClassVar[list] = []
+
+    @hookimpl
+    def forgetbench_after_step(self, step, batch, per_sample):
+        Observer.seen.append((step, per_sample.success.device.type, len(batch)))
+
+
+def test_observers_see_every_step_on_the_cpu(tmp_path):
+    Observer.seen = []
+    run_for_test(Observer, steps=4, directory=tmp_path)
+    assert [step for step, _, _ in Observer.seen] == [1, 2, 3, 4]
+    assert {device for _, device, _ in Observer.seen} == {"cpu"}
+
+
+def test_runs_in_one_process_reuse_data_and_prior_without_changing_results(monkeypatch, tmp_path):
+    calls = {"load_data": 0, "load_bundle": 0}
+    for name in calls:
+        original = getattr(TinyTextTask, name)
+
+        def counting(self, *args, _original=original, _name=name):
+            calls[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(TinyTextTask, name, counting)
+    first = run_for_test(steps=3, directory=tmp_path / "a")
+    second = run_for_test(steps=3, directory=tmp_path / "a")
+    assert calls == {"load_data": 1, "load_bundle": 1}
+    monkeypatch.setenv("FORGETBENCH_MEMO", "0")
+    third = run_for_test(steps=3, directory=tmp_path / "a")
+    assert calls == {"load_data": 2, "load_bundle": 2}
+    # the first run trained its copy: the second started from the same f0 all the same
+    assert first.metrics == second.metrics == third.metrics
+
+
+def test_another_precision_in_the_same_process():
+    for precision in ("bf16", "no", "bf16"):
+        accelerator = engine.make_accelerator(TrainConfig(device="cpu", mixed_precision=precision))
+        assert accelerator.mixed_precision == precision
+
+
+@pytest.mark.parametrize("high", [50, 2**26])
+def test_counting_cells_match_sorting(high):
+    rng = np.random.default_rng(high)
+    values = rng.integers(3, high, 5000) * 7
+    unique, reference = np.unique(values, return_inverse=True)
+    codes, count = dense_codes(values)
+    assert count == len(unique)
+    assert np.array_equal(codes, reference)
+    labels = values % 45
+    loss, confidence = rng.random(5000), rng.random(5000)
+    pool = np.flatnonzero(rng.random(5000) < 0.7)
+    cells, scheme_codes, _sizes = build_cells(
+        ("label", "confidence"), 4, loss, confidence, {"label": labels}, pool
+    )
+    label_codes = np.unique(labels[pool], return_inverse=True)[1]
+    bins = np.searchsorted(
+        np.quantile(confidence[pool], [0.25, 0.5, 0.75]), confidence[pool], side="right"
+    )
+    flat = label_codes * 4 + bins
+    assert np.array_equal(cells, np.unique(flat, return_inverse=True)[1])
+    assert np.array_equal(scheme_codes[0] * 4 + scheme_codes[1], np.unique(flat))
