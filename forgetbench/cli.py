@@ -418,10 +418,21 @@ def sweep(
     from forgetbench.config import parse_set
     from forgetbench.sweep import SweepSpec, parse_grid, parse_seeds, run_sweep
 
+    signal.signal(signal.SIGTERM, _interrupt)
     spec = SweepSpec(
         task, method, parse_grid(grid or []), parse_seeds(seeds), parse_set(set_ or [])
     )
-    result = run_sweep(spec, db, executor, workers, force, ray_address=ray_address)
+    try:
+        result = run_sweep(spec, db, executor, workers, force, ray_address=ray_address)
+    except KeyboardInterrupt as interrupted:
+        signum = getattr(interrupted, "signum", signal.SIGINT)
+        stopped = getattr(interrupted, "run_id", None)
+        which = f" (run {stopped} marked interrupted)" if stopped is not None else ""
+        _error_line(
+            f"sweep interrupted ({signal.Signals(signum).name}){which}: run the same sweep"
+            " again to continue; finished runs are skipped"
+        )
+        raise typer.Exit(128 + signum) from None
     _print_sweep_summary(result)
     if result.failed:
         raise typer.Exit(1)

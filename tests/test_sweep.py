@@ -4,11 +4,20 @@ that does not stop the sweep, a process pool, and Ray in local mode."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import pytest
-from reliability_helpers import SMALL, cli, one_error_line, use_registry
+from reliability_helpers import (
+    SMALL,
+    SMALL_ARGS,
+    cli,
+    cli_process,
+    one_error_line,
+    use_registry,
+    wait_for,
+)
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.report import leaderboard
@@ -149,3 +158,24 @@ def test_sweep_on_ray_in_local_mode(db):
     assert [o.ok for o in result.outcomes] == [True] * 4
     assert "a cluster needs PostgreSQL" in lines[0]
     check_stored(db, 4)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_marks_the_run_and_says_how_to_continue(db, tmp_path):
+    marker = tmp_path / "training"
+    env = {**os.environ, "SLOW_SECONDS": "0.3", "TRAINING_MARKER": str(marker)}
+    args = ["sweep", "--task", "tiny", "-m", "slow-steps", "--seeds", "0-1", "--set", "steps=40"]
+    process = cli_process([*args, *SMALL_ARGS, "--db", db], env)
+    try:
+        wait_for(marker.exists, process)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143
+    assert stderr.splitlines()[-1] == (
+        "sweep interrupted (SIGTERM) (run 1 marked interrupted): run the same sweep again to"
+        " continue; finished runs are skipped"
+    )
+    assert [run["status"] for run in Store(db).get_runs()] == ["interrupted"]
