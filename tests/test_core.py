@@ -126,15 +126,15 @@ def test_disable_plugins_env(monkeypatch):
 
 
 def test_every_hookspec_is_documented():
-    """Like datasette: a hook without a section in docs/hooks.md fails the build."""
+    """Like datasette: a hook without a section in docs/reference.md fails the build."""
     from pathlib import Path
 
-    text = (Path(__file__).parents[1] / "docs" / "hooks.md").read_text()
+    text = (Path(__file__).parents[1] / "docs" / "reference.md").read_text()
     manager = plugin_manager()
     names = [n for n in dir(manager.hook) if n.startswith("forgetbench_")]
     assert len(names) >= 9
     for name in names:
-        assert f"### {name}(" in text, f"{name} is not documented in docs/hooks.md"
+        assert f"### `{name}(" in text, f"{name} is not documented in docs/reference.md"
 
 
 FAKE = TaskMetadata(name="fake", family="text-classification", description="")
