@@ -94,6 +94,7 @@ def test_ewc_stacked_with_wise_ft_on_wordnet_through_the_cli(env):
     assert run["compute"]["extra_backward"] == FISHER_SAMPLES
     assert run["metrics"]["run/derived/ewc/fisher_total"] > 0
     assert run["versions"]["forgetbench-ewc"] == "0.1.0"
+    assert len(run["versions"]["forgetbench-ewc source sha256"]) == 64  # an editable install
     board = json.loads(cli(env, "leaderboard", "--format", "json"))
     labels = [row["methods"].split(" ")[0] for row in board]
     assert labels == [f"ewc(fisher_samples={FISHER_SAMPLES})+wise-ft(grid=[])"]
