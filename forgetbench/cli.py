@@ -303,7 +303,9 @@ def _print_run(store, run_id: int) -> None:
 @app.command()
 def show(
     run_id: Annotated[int, typer.Argument(help="run id (see the runs table)")],
-    as_json: Annotated[bool, typer.Option("--json", help="full provenance as JSON")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="full provenance, metrics and series as JSON")
+    ] = False,
     db: DbOption = None,
 ):
     """One run: metrics before/after, derived metrics, compute and provenance."""
@@ -315,6 +317,7 @@ def show(
         if run is None:
             raise ForgetbenchError(f"no run with id {run_id} in {store.location}")
         run["metrics"] = store.get_metrics([run_id])[run_id]
+        run["series"] = [list(point) for point in store.get_series(run_id)]
         print(json.dumps(run, indent=1, default=str))
         return
     _print_run(store, run_id)

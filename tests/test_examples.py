@@ -93,6 +93,7 @@ def test_ewc_stacked_with_wise_ft_on_wordnet_through_the_cli(env):
     assert run["compute"]["extra_inference"] == FISHER_SAMPLES
     assert run["compute"]["extra_backward"] == FISHER_SAMPLES
     assert run["metrics"]["run/derived/ewc/fisher_total"] > 0
+    assert [step for name, step, _ in run["series"] if name == "train/loss"] == [1, 2, 3, 4]
     assert run["versions"]["forgetbench-ewc"] == "0.1.0"
     assert len(run["versions"]["forgetbench-ewc source sha256"]) == 64  # an editable install
     board = json.loads(cli(env, "leaderboard", "--format", "json"))
