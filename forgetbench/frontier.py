@@ -16,7 +16,6 @@ forgets nor learns scores 0; larger is better.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -304,7 +303,3 @@ def summary(result: Comparison) -> str:
         clear = f"the {result.level:.0%} interval of the difference includes 0: no clear winner"
     n = len(result.seeds)
     return f"{dominance} (means over {n} seed{'s' if n != 1 else ''}); {clear}."
-
-
-def is_finite(value: float) -> bool:
-    return not math.isnan(value) and not math.isinf(value)
