@@ -5,7 +5,8 @@ The model is the offline ``wordnet`` scenario's (MiniLM-L6 with a fresh 21-class
 data its new task (chatterbot-corpus utterances), batch 32, max length 48, dynamic padding,
 AdamW with linear warm-up and decay, gradient clipping at 1. All three loops see the same
 batches in the same order (forgetbench's seeded data order). Each figure is the steady-state
-samples/s (steps after the warm-up), the median over interleaved rounds.
+samples/s (steps after the warm-up, median); ratios are paired step by step (the loops run
+interleaved, each step on the same batch at about the same moment: see bench/common.py).
 
     .venv/bin/python bench/bench_engine.py [--quick] [--device auto|cpu|cuda] [--steps N]
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import tempfile
 
 import torch
@@ -29,8 +29,11 @@ from bench.common import (
     chunk_size,
     describe,
     loop_length,
+    median_step,
+    paired_ratio,
     pick_device,
     print_table,
+    quiet_progress,
     wordnet_task,
 )
 from forgetbench.api import TrainConfig, masked_mean
@@ -222,6 +225,8 @@ LOOPS = {
 
 
 def run(args) -> tuple[list[Row], str]:
+    if not args.verbose:
+        quiet_progress()
     device = pick_device(args.device)
     seed_everything(0)  # forgetbench's settings (deterministic kernels) for every loop alike
     if args.nondeterministic:
@@ -234,14 +239,13 @@ def run(args) -> tuple[list[Row], str]:
         for name, loop in LOOPS.items()
     }
     rounds = [Baton(device, warmup, steps, chunk).run(loops) for _ in range(args.repeats or 1)]
-    rates = {n: args.batch_size / statistics.median(r[n] for r in rounds) for n in LOOPS}
-    bare, trainer = rates["bare loop"], rates["HF Trainer"]
-    rows = [
-        Row("engine", f"{name} [{args.precision}]", rate, "samples/s", rate / bare)
-        for name, rate in rates.items()
-    ]
+    rows = []
+    for name in LOOPS:  # speed ratios: bare-loop time over this loop's, step by step
+        rate = args.batch_size / median_step(rounds, name)
+        speed = paired_ratio(rounds, "bare loop", name)
+        rows.append(Row("engine", f"{name} [{args.precision}]", rate, "samples/s", speed))
     rows[-1].target = ">=0.95"
-    ratio = rates["forgetbench finetune"] / trainer
+    ratio = paired_ratio(rounds, "HF Trainer", "forgetbench finetune")
     rows.append(Row("engine", "forgetbench / HF Trainer", ratio, "x", ratio, ">=1.0"))
     return rows, describe(device)
 

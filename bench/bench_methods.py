@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import tempfile
 import time
 
@@ -31,8 +30,11 @@ from bench.common import (
     base_model,
     chunk_size,
     describe,
+    median_step,
+    paired_ratio,
     pick_device,
     print_table,
+    quiet_progress,
     sync,
     wordnet_task,
 )
@@ -120,6 +122,8 @@ class Scenario:
 
 
 def run(args) -> tuple[list[Row], str]:
+    if not args.verbose:
+        quiet_progress()
     device = pick_device(args.device)
     seed_everything(0)
     quick_steps, full_steps = (10, 24) if device.type == "cpu" else (120, 320)
@@ -128,6 +132,9 @@ def run(args) -> tuple[list[Row], str]:
     scenario = Scenario(device, steps, new_train_size=96)
     with tempfile.TemporaryDirectory() as cache:
         os.environ["FORGETBENCH_CACHE"] = cache  # pre-passes measured with empty caches
+        started = time.perf_counter()
+        scenario.context().prior_predictions()  # built once, read by mixcd and random
+        cache_seconds = time.perf_counter() - started
         prepared = {label: scenario.prepare(label) for label in METHODS}
         rounds = []
         for _ in range(args.repeats or 1):
@@ -137,8 +144,8 @@ def run(args) -> tuple[list[Row], str]:
                 loop, model, _ = scenario.prepare(label) if rounds else prepared[label]
                 loops[label] = lambda clock, loop=loop, model=model: _run(loop, model, clock)
             rounds.append(baton.run(loops))
-    step = {label: statistics.median(r[label] for r in rounds) for label in METHODS}
-    return rows_of(step, {k: v[2] for k, v in prepared.items()}), describe(device)
+    setup = {label: seconds for label, (_, _, seconds) in prepared.items()}
+    return rows_of(rounds, cache_seconds, setup), describe(device)
 
 
 def _run(loop: TimedLoop, model, clock) -> None:
@@ -146,20 +153,19 @@ def _run(loop: TimedLoop, model, clock) -> None:
     loop.run(model)
 
 
-def rows_of(step: dict[str, float], setup: dict[str, float]) -> list[Row]:
-    reference = step["finetune"]
+def rows_of(rounds, cache_seconds: float, setup: dict[str, float]) -> list[Row]:
+    """Step times (ratio: paired with finetune step by step), then the pre-passes (ratio: in
+    finetune steps)."""
+    reference = median_step(rounds, "finetune")
     rows = []
-    for label, seconds in step.items():
+    for label in METHODS:
+        seconds, ratio = median_step(rounds, label), paired_ratio(rounds, label, "finetune")
         target = TARGETS.get(label, "")
-        rows.append(
-            Row("method step", label, seconds * 1e3, "ms/step", seconds / reference, target)
-        )
-    ratio = step["mixcd"] / step["random"]
+        rows.append(Row("method step", label, seconds * 1e3, "ms/step", ratio, target))
+    ratio = paired_ratio(rounds, "mixcd", "random")
     rows.append(Row("method step", "mixcd / random", ratio, "x", ratio, TARGETS["mixcd / random"]))
-    for label, seconds in setup.items():
-        rows.append(
-            Row("method pre-pass", label, seconds, "s", seconds / reference, "")
-        )  # ratio: in finetune steps
+    for label, seconds in [("prior cache (f0, shared)", cache_seconds), *setup.items()]:
+        rows.append(Row("method pre-pass", label, seconds, "s", seconds / reference))
     return rows
 
 

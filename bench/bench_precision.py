@@ -25,6 +25,7 @@ from bench.common import (
     interleaved,
     loop_length,
     pick_device,
+    quiet_progress,
 )
 from forgetbench.engine import seed_everything
 
@@ -49,6 +50,8 @@ def measure(setup: Setup, warmup: int, precision: str, tf32: bool) -> float:
 
 
 def run(args) -> tuple[list[Row], str]:
+    if not args.verbose:
+        quiet_progress()
     device = pick_device(args.device)
     seed_everything(0)
     steps, warmup = loop_length(device, args.quick, args.steps)

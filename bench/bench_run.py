@@ -30,7 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import Row, add_common_args, describe, pick_device, print_table
+from bench.common import (
+    Row,
+    add_common_args,
+    describe,
+    pick_device,
+    print_table,
+    quiet_progress,
+    sync,
+)
 
 QUICK = {
     "task.prior_train_size": "2000",
@@ -90,17 +98,21 @@ def evaluation_order(overrides: dict[str, str], device: torch.device, repeats: i
     ctx = context.RunContext(run_id=None, seed=0, task=task, train=TrainConfig(), device=device)
     ctx.bundle = bundle
     split = data.prior_eval
-    orders = {
-        "split order": lambda s, d: np.arange(len(s)),
-        "length-sorted": lambda s, d: context.length_order(s),
-    }
+    split_order, by_length = (
+        (lambda s, d: np.arange(len(s))),
+        (lambda s, d: context.length_order(s)),
+    )
+    orders = {"split order": (split_order, 128), "length-sorted": (by_length, 128)}
+    if device.type == "cuda":
+        orders["length-sorted, batch 512"] = (by_length, 512)
     times: dict[str, list[float]] = {name: [] for name in orders}
     results = {}
     original = context.evaluation_order
     try:
         for _ in range(repeats):
-            for name, order in orders.items():
-                context.evaluation_order = order
+            for name, (order, size) in orders.items():
+                context.evaluation_order, ctx.train = order, TrainConfig(eval_batch_size=size)
+                sync(device)
                 started = time.perf_counter()
                 results[name] = ctx.predict(model, split)
                 times[name].append(time.perf_counter() - started)
@@ -126,6 +138,8 @@ def evaluation_order(overrides: dict[str, str], device: torch.device, repeats: i
 
 
 def run(args) -> tuple[list[Row], str]:
+    if not args.verbose:
+        quiet_progress()
     device = pick_device(args.device)
     overrides = dict(QUICK) if args.quick else {}
     overrides["device"] = device.type

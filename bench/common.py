@@ -24,6 +24,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def quiet_progress() -> None:
+    """The training loops' progress lines off (they would bury the table); ``--verbose`` keeps
+    them."""
+    from rich.console import Console
+
+    from forgetbench import progress
+
+    progress.stderr = Console(stderr=True, quiet=True)
+
+
 @dataclass
 class Row:
     """One line of the result table."""
@@ -49,6 +59,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="short run (make bench)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds")
+    parser.add_argument("--verbose", action="store_true", help="show the loops' progress")
 
 
 def pick_device(name: str) -> torch.device:
@@ -122,8 +133,10 @@ class Baton:
         next_name = next(n for n in following if n in alive)
         self.turns[next_name].set()
 
-    def run(self, loops: dict[str, Callable[[object], None]]) -> dict[str, float]:
-        """Run ``loops`` (name -> function of a clock) interleaved; seconds per step each."""
+    def run(self, loops: dict[str, Callable[[object], None]]) -> dict[str, list[float]]:
+        """Run ``loops`` (name -> function of a clock) interleaved; each loop's seconds per
+        step, chunk by chunk (chunk ``i`` of every loop ran at about the same time and, where
+        the loops share a data order, on the same batches)."""
         self.order = list(loops)
         for name in loops:
             self.turns[name] = threading.Event()
@@ -140,7 +153,7 @@ class Baton:
             thread.join()
         if self.errors:
             raise self.errors[0]
-        return {n: statistics.median(c) / self.chunk for n, c in self.chunks.items()}
+        return {n: [c / self.chunk for c in chunks] for n, chunks in self.chunks.items()}
 
     def _body(self, name: str, loop) -> None:
         self.turns[name].wait()
@@ -193,6 +206,20 @@ def chunk_size(device: torch.device, timed_steps: int) -> int:
     if device.type == "cpu":
         return 1
     return next(c for c in range(max(1, timed_steps // 10), 0, -1) if timed_steps % c == 0)
+
+
+def median_step(rounds: list[dict[str, list[float]]], name: str) -> float:
+    """Median seconds per step of loop ``name`` over every chunk of every round."""
+    return statistics.median(t for timings in rounds for t in timings[name])
+
+
+def paired_ratio(rounds: list[dict[str, list[float]]], slow: str, fast: str) -> float:
+    """Median over chunks of (time of ``slow``) / (time of ``fast``), chunk by chunk: paired
+    on the same moment and the same batches, which cancels most of a shared machine's noise
+    and of the batches' different lengths."""
+    return statistics.median(
+        a / b for timings in rounds for a, b in zip(timings[slow], timings[fast], strict=True)
+    )
 
 
 def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
