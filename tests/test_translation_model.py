@@ -4,7 +4,7 @@ teacher-forced per-sample results, generation, saving and loading, what methods 
 import pytest
 import torch
 import torch.nn.functional as F
-from translation_helpers import LANGUAGES, examples, tiny_bundle
+from translation_helpers import LANGUAGES, examples, fit, tiny_bundle
 
 from forgetbench.api import Split, TaskData
 from forgetbench_tasks.translation import GettextMTTask
@@ -67,14 +67,7 @@ def test_success_is_token_accuracy_over_the_threshold(bundle):
     lenient = GettextMTTask(GettextMTTask.Config(success_token_accuracy=0.01))
     inputs = strict.collate(bundle, chosen)
     assert not strict.forward(model, inputs).success.any()  # an untrained model
-    # a model that learned the pairs gets them right token by token
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(60):
-        optimizer.zero_grad()
-        strict.forward(model, inputs).loss.mean().backward()
-        optimizer.step()
-    model.eval()
+    fit(bundle, chosen, 60)  # a model that learned the pairs gets them right token by token
     assert strict.forward(model, inputs).success.all()
     assert lenient.forward(model, inputs).success.all()
 

@@ -64,9 +64,26 @@ def tiny_bundle(seed: int = 0) -> ModelBundle:
     return ModelBundle(MarianMTModel(config), tokenizer, extras={"lang_style": "tag"})
 
 
-def save_tiny_marian(directory: Path) -> Path:
-    """A tiny Marian and its tokenizer saved with ``save_pretrained`` (a local checkpoint)."""
+def fit(bundle: ModelBundle, chosen: list[dict], steps: int) -> None:
+    """Teach the tiny model ``chosen`` (full batches, Adam), so that it gets some right."""
+    from forgetbench_tasks.translation import GettextMTTask
+
+    task = GettextMTTask(GettextMTTask.Config(max_source_tokens=64, max_target_tokens=64))
+    inputs = task.collate(bundle, chosen)
+    optimizer = torch.optim.Adam(bundle.model.parameters(), lr=1e-2)
+    bundle.model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        task.forward(bundle.model, inputs).loss.mean().backward()
+        optimizer.step()
+    bundle.model.eval()
+
+
+def save_tiny_marian(directory: Path, steps: int = 40) -> Path:
+    """A tiny Marian that learned the prior pairs (en->de, en->fr) a little, and its
+    tokenizer, saved with ``save_pretrained`` (a local checkpoint)."""
     bundle = tiny_bundle()
+    fit(bundle, examples("de") + examples("fr"), steps)
     bundle.model.save_pretrained(directory)
     bundle.processor.save_pretrained(directory)
     return directory
