@@ -254,13 +254,13 @@ def list_plugins():
     registry = get_registry()
     table = Table(title="methods")
     for column in ("name", "provided by", "description"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # names and distributions whole at any width
     for name, entry in sorted(registry.methods.items()):
         table.add_row(name, entry.provider, entry.cls.description)
     out.print(table)
     table = Table(title="tasks")
     for column in ("name", "family", "main metric", "offline", "provided by", "description"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for name, entry in sorted(registry.tasks.items()):
         meta = entry.cls.metadata
         metric = (
