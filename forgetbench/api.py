@@ -463,6 +463,14 @@ class Task(ABC):
         the prior model's own per-sample loss."""
         return None
 
+    def reference_head(
+        self, ctx: RunContext, model: torch.nn.Module, split: Split
+    ) -> dict[str, torch.Tensor] | None:
+        """The fresh new-task head set to the probe :meth:`reference_losses` fits, as entries
+        of ``model.state_dict()`` (FLOW's ``probe_init`` starts fine-tuning from it, as the
+        authors' code does). None: the new task has no fresh head."""
+        return None
+
 
 # -- helpers families share ----------------------------------------------------------------------
 

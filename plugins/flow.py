@@ -14,6 +14,10 @@ per-sample cross-entropy). Where the new task reuses f0's outputs (QA's span hea
 translation decoder, CLIP's zero-shot head), ``loss0`` is f0's own per-sample loss.
 
 Defaults: ``tau = median(loss0)`` (``tau=None``), the paper's default temperature.
+``probe_init=true``: where the task fits a probe for a fresh head (``Task.reference_head``),
+fine-tuning starts from that probe, as the authors' code does (``FLOW_ft.py`` loads the
+linear-probe checkpoint before fine-tuning); ``flow.probe_init=false`` starts from the task's
+freshly initialised head instead. Tasks without a fresh head are unaffected.
 
 ``loss0`` costs one inference pass of f0 over the new-task training set, charged to every run as
 extra inference (a cache hit included, so a run's reported cost does not depend on what an
@@ -35,13 +39,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from forgetbench.api import Method, cached_dir, check, hash_json, hookimpl
+from forgetbench.api import ForgetbenchError, Method, cached_dir, check, hash_json, hookimpl
 
 
 @dataclass
 class FlowConfig:
     tau: float | None = field(
         default=None, metadata={"help": "temperature of exp(-loss0 / tau) (None: median loss0)"}
+    )
+    probe_init: bool = field(
+        default=True,
+        metadata={"help": "start a fresh new-task head from the fitted probe (as the authors)"},
     )
 
     def __post_init__(self):
@@ -83,6 +91,20 @@ def reference_losses(ctx, model, split) -> torch.Tensor:
     return loss0.float().cpu()
 
 
+def load_head(model: torch.nn.Module, head: dict[str, torch.Tensor]) -> None:
+    """Copy the probe into the model's fresh head (state-dict names and shapes must match)."""
+    state = model.state_dict()
+    for name, value in head.items():
+        if name not in state or state[name].shape != value.shape:
+            raise ForgetbenchError(
+                f"flow: the task's probe head {name} {tuple(value.shape)} does not fit the"
+                " model; set flow.probe_init=false"
+            )
+    with torch.no_grad():
+        for name, value in head.items():
+            state[name].copy_(value.to(state[name].device, state[name].dtype))
+
+
 class Flow(Method):
     name = "flow"
     description = "FLOW: new-task samples weighted exp(-loss0 / tau), loss0 from the prior model"
@@ -96,7 +118,7 @@ class Flow(Method):
                 "task": [ctx.task.metadata.name, ctx.task.metadata.version],
                 "data": split.fingerprint(),
                 "model": weights_digest(model, ctx.new_param_names),
-                "v": 2,
+                "v": 3,
             }
         )
 
@@ -105,16 +127,23 @@ class Flow(Method):
             model.eval()
             try:
                 loss0 = reference_losses(ctx, model, split)
+                head = ctx.task.reference_head(ctx, model, split) or {}
             finally:
                 model.train(was_training)
-            save_file({"loss0": loss0.contiguous()}, str(directory / "loss0.safetensors"))
+            tensors = {f"head/{name}": value.contiguous() for name, value in head.items()}
+            save_file(
+                {"loss0": loss0.contiguous(), **tensors}, str(directory / "loss0.safetensors")
+            )
             return {"split": split.name, "size": len(split)}
 
         charged = ctx.compute.extra_inference + len(split)
         entry = cached_dir("flow-loss0", key, build)
         ctx.compute.extra_inference = charged  # the same whether build ran or the cache hit
-        self.loss0 = load_file(str(entry / "loss0.safetensors"))["loss0"]
+        stored = load_file(str(entry / "loss0.safetensors"))
+        self.loss0 = stored.pop("loss0")
         self.weights, self.tau = flow_weights(self.loss0, self.config.tau)
+        if self.config.probe_init and stored:
+            load_head(model, {name.removeprefix("head/"): value for name, value in stored.items()})
 
     @hookimpl
     def forgetbench_sample_weights(self, batch):

@@ -116,3 +116,37 @@ def test_end_to_end(db):
     assert math.exp(-1) / 2 < stored["run/derived/flow/weight_mean"] < 1
     compute = Store(db).get_run(run_id)["compute"]
     assert compute["extra_inference"] == 256  # one pass over the tiny task's new-train split
+
+
+def probe_head(model, fill: float) -> dict[str, torch.Tensor]:
+    head = model.heads["new"]
+    return {
+        "heads.new.weight": torch.full_like(head.weight, fill),
+        "heads.new.bias": torch.full_like(head.bias, -fill),
+    }
+
+
+def test_probe_init_starts_the_fresh_head_from_the_tasks_probe():
+    model, names = tiny_model()
+    ctx, data = tiny_context(names, model)
+    ctx.task.reference_head = lambda ctx, model, split: probe_head(model, 0.25)
+    Flow().forgetbench_setup(ctx=ctx, model=model, data=data)
+    assert torch.equal(model.heads["new"].weight, torch.full_like(model.heads["new"].weight, 0.25))
+    assert torch.equal(model.heads["new"].bias, torch.full_like(model.heads["new"].bias, -0.25))
+    # from the cache too; with probe_init off the fresh head is left as it was
+    fresh, _ = tiny_model()
+    fresh.load_state_dict(model.state_dict())
+    torch.nn.init.normal_(fresh.heads["new"].weight)
+    before = fresh.heads["new"].weight.clone()
+    Flow(FlowConfig(probe_init=False)).forgetbench_setup(ctx=ctx, model=fresh, data=data)
+    assert torch.equal(fresh.heads["new"].weight, before)
+    Flow().forgetbench_setup(ctx=ctx, model=fresh, data=data)
+    assert torch.equal(fresh.heads["new"].weight, model.heads["new"].weight)
+
+
+def test_a_probe_head_that_does_not_fit_is_one_clear_error():
+    model, names = tiny_model()
+    ctx, data = tiny_context(names, model)
+    ctx.task.reference_head = lambda ctx, model, split: {"heads.new.weight": torch.zeros(2, 2)}
+    with pytest.raises(ForgetbenchError, match=r"does not fit the model; set flow\.probe_init"):
+        Flow().forgetbench_setup(ctx=ctx, model=model, data=data)

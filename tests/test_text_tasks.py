@@ -14,7 +14,7 @@ from forgetbench.api import tap_layers
 from forgetbench.errors import ForgetbenchError
 from forgetbench.runner import RunRequest, execute
 from forgetbench.store import Store
-from forgetbench_tasks.text_classification.base import fit_probe_losses
+from forgetbench_tasks.text_classification.base import fit_probe, fit_probe_losses
 from forgetbench_tasks.text_classification.wordnet import (
     LEXNAMES,
     read_chatterbot,
@@ -215,3 +215,17 @@ def test_probe_separates_separable_features():
     features = torch.nn.functional.one_hot(labels, 3).float() * 4 + 0.1 * torch.randn(30, 3)
     losses = fit_probe_losses(features, labels, classes=3, steps=100, l2=1e-3)
     assert losses.max().item() < 0.1
+
+
+def test_probe_weights_reproduce_its_losses_as_a_linear_head():
+    """FLOW's probe_init loads the probe into the new head: as an nn.Linear it gives the
+    probe's losses."""
+    labels = torch.arange(30) % 3
+    features = torch.nn.functional.one_hot(labels, 3).float() * 2 + 0.5 * torch.randn(30, 3)
+    losses, weight, bias = fit_probe(features, labels, classes=3, steps=100, l2=1e-3)
+    head = torch.nn.Linear(3, 3)
+    with torch.no_grad():
+        head.weight.copy_(weight.T)
+        head.bias.copy_(bias)
+        as_head = torch.nn.functional.cross_entropy(head(features), labels, reduction="none")
+    assert torch.allclose(as_head, losses, atol=1e-6)

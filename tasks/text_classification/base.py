@@ -55,10 +55,11 @@ class EncoderClassifier(nn.Module):
         self.heads[name] = nn.Linear(self.encoder.config.hidden_size, num_labels)
 
 
-def fit_probe_losses(
+def fit_probe(
     features: torch.Tensor, labels: torch.Tensor, classes: int, steps: int, l2: float
-) -> torch.Tensor:
-    """Fit a multinomial logistic regression and return its per-sample training loss.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fit a multinomial logistic regression; returns its per-sample training loss [N], its
+    weight [D, C] and bias [C].
 
     Zero initialisation and full-batch L-BFGS, so it is deterministic (no seed).
 
@@ -85,7 +86,15 @@ def fit_probe_losses(
     with torch.enable_grad():
         optimizer.step(closure)
     with torch.no_grad():
-        return F.cross_entropy(features @ weight + bias, labels, reduction="none")
+        losses = F.cross_entropy(features @ weight + bias, labels, reduction="none")
+    return losses, weight.detach(), bias.detach()
+
+
+def fit_probe_losses(
+    features: torch.Tensor, labels: torch.Tensor, classes: int, steps: int, l2: float
+) -> torch.Tensor:
+    """The per-sample training loss [N] of :func:`fit_probe`."""
+    return fit_probe(features, labels, classes, steps, l2)[0]
 
 
 class ClassificationTask(Task):
@@ -230,6 +239,21 @@ class ClassificationTask(Task):
 
     def reference_losses(self, ctx: RunContext, model: nn.Module, split: Split) -> torch.Tensor:
         """Per-example loss of a linear probe fitted on f0's pooled features of ``split``."""
+        return self.probe(ctx, model, split)[0]
+
+    def reference_head(
+        self, ctx: RunContext, model: nn.Module, split: Split
+    ) -> dict[str, torch.Tensor]:
+        """The new head set to that probe (the head reads the same pooled features)."""
+        _, weight, bias = self.probe(ctx, model, split)
+        return {"heads.new.weight": weight.T.contiguous(), "heads.new.bias": bias}
+
+    def probe(self, ctx: RunContext, model: nn.Module, split: Split):
+        """(losses [N], weight [D, C], bias [C]) of the linear probe on f0's pooled features
+        of ``split``, fitted once per model and split."""
+        key = (id(model), split.fingerprint())
+        if getattr(self, "_probe", (None,))[0] == key:
+            return self._probe[1]
         features = torch.zeros(len(split), model.encoder.config.hidden_size)
         labels = torch.zeros(len(split), dtype=torch.long)
         with torch.inference_mode():
@@ -239,4 +263,5 @@ class ClassificationTask(Task):
                 features[index] = pooled.float().cpu()
                 labels[index] = batch.inputs["labels"].cpu()
         classes = model.heads["new"].out_features
-        return fit_probe_losses(features, labels, classes, self.probe_steps, self.probe_l2)
+        self._probe = (key, fit_probe(features, labels, classes, self.probe_steps, self.probe_l2))
+        return self._probe[1]
