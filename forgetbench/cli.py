@@ -497,6 +497,7 @@ def plot(
     out_path: Annotated[
         str | None, typer.Option("--out", "-o", help="PNG or SVG file (default by name)")
     ] = None,
+    title: Annotated[str | None, typer.Option(help="title of the task plot")] = None,
     db: DbOption = None,
 ):
     """Plot a task's prior-vs-new frontiers, or one run's curves, to PNG or SVG."""
@@ -508,7 +509,7 @@ def plot(
     store = Store(db, read_only=True)
     if task is not None:
         _check_task_name(store, task)
-        path = plot_task(store, task, out_path or f"{task}.png")
+        path = plot_task(store, task, out_path or f"{task}.png", title)
     else:
         path = plot_run(store, run_id, out_path or f"run-{run_id}.png")
     out.print(f"wrote {path}", markup=False, highlight=False)
