@@ -100,3 +100,73 @@ def test_bundle_round_trip_keeps_weights_tokenizer_and_style(task, bundle, tmp_p
 def test_the_vocabulary_has_a_tag_per_language():
     vocab = tiny_bundle().processor.get_vocab()
     assert all(f">>{lang}<<" in vocab for lang in LANGUAGES)
+
+
+class LanguageCodeTokenizer:
+    """M2M100's tokenizer interface (``src_lang`` / ``tgt_lang``, ``get_lang_id``, language
+    token first) over a BPE vocabulary, since M2M100's own tokenizer needs sentencepiece files."""
+
+    def __init__(self, fast):
+        self.fast, self.src_lang, self.tgt_lang = fast, "en", "en"
+        fast.add_special_tokens(
+            {"additional_special_tokens": [f"__{x}__" for x in ["en", "de", "es"]]}
+        )
+
+    def get_lang_id(self, lang):
+        return self.fast.convert_tokens_to_ids(f"__{lang}__")
+
+    def __call__(self, texts=None, text_target=None, truncation=False):
+        lang = self.src_lang if text_target is None else self.tgt_lang
+        rows = self.fast(texts if text_target is None else text_target)["input_ids"]
+        return {"input_ids": [[self.get_lang_id(lang), *row] for row in rows]}
+
+    def batch_decode(self, ids, skip_special_tokens=False):
+        return self.fast.batch_decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def test_m2m_style_puts_language_tokens_first_and_forces_the_target_one(task):
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+    from forgetbench.api import ModelBundle
+    from forgetbench_tasks.translation.base import lang_style_of
+
+    tokenizer = LanguageCodeTokenizer(tiny_bundle().processor)
+    assert lang_style_of(tokenizer) == "m2m"
+    fast = tokenizer.fast
+    torch.manual_seed(0)
+    config = M2M100Config(
+        vocab_size=len(fast), d_model=16, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+        decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=fast.pad_token_id,
+        eos_token_id=fast.eos_token_id, decoder_start_token_id=fast.eos_token_id,
+        bos_token_id=fast.eos_token_id,
+    )  # fmt: skip
+    bundle = ModelBundle(
+        M2M100ForConditionalGeneration(config).eval(), tokenizer, extras={"lang_style": "m2m"}
+    )
+    chosen = [examples("de")[0], examples("es")[1]]
+    batch = task.collate(bundle, chosen)
+    assert batch["input_ids"][:, 0].tolist() == [tokenizer.get_lang_id("en")] * 2
+    assert batch["labels"][:, 0].tolist() == [tokenizer.get_lang_id(x) for x in ("de", "es")]
+    assert (batch["decoder_input_ids"][:, 0] == fast.eos_token_id).all()
+
+    class Context:  # what translate reads of a RunContext
+        device = torch.device("cpu")
+
+        def __init__(self):
+            self.bundle = bundle
+
+        def autocast(self):
+            return torch.autocast("cpu", enabled=False)
+
+    seen = []
+    generate = bundle.model.generate
+
+    def spy(**options):
+        seen.append(options["forced_bos_token_id"])
+        return generate(**options)
+
+    bundle.model.generate = spy
+    texts = task.translate(Context(), bundle.model, chosen)
+    assert len(texts) == 2
+    assert seen == [tokenizer.get_lang_id("de"), tokenizer.get_lang_id("es")]
