@@ -120,6 +120,7 @@ class Baton:
         self.chunks: dict[str, list[float]] = {}
         self.order: list[str] = []
         self.errors: list[BaseException] = []
+        self.on_turn: dict[str, Callable[[], None]] = {}
 
     def clock(self, name: str) -> _BatonClock:
         return _BatonClock(self, name)
@@ -133,11 +134,14 @@ class Baton:
         next_name = next(n for n in following if n in alive)
         self.turns[next_name].set()
 
-    def run(self, loops: dict[str, Callable[[object], None]]) -> dict[str, list[float]]:
+    def run(
+        self, loops: dict[str, Callable[[object], None]], on_turn: dict | None = None
+    ) -> dict[str, list[float]]:
         """Run ``loops`` (name -> function of a clock) interleaved; each loop's seconds per
         step, chunk by chunk (chunk ``i`` of every loop ran at about the same time and, where
         the loops share a data order, on the same batches)."""
         self.order = list(loops)
+        self.on_turn = on_turn or {}  # name -> called whenever that loop gets its turn
         for name in loops:
             self.turns[name] = threading.Event()
             self.turns[name].done = False
@@ -158,6 +162,7 @@ class Baton:
     def _body(self, name: str, loop) -> None:
         self.turns[name].wait()
         self.turns[name].clear()
+        self.on_turn.get(name, lambda: None)()
         try:
             loop(self.clock(name))
         except BaseException as error:  # re-raised by run()
@@ -186,6 +191,7 @@ class _BatonClock:
         baton._pass(self.name)
         turn.wait()
         turn.clear()
+        baton.on_turn.get(self.name, lambda: None)()
         self.resumed = time.perf_counter()
 
 

@@ -30,9 +30,9 @@ def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch; ask torch for deterministic kernels where they exist.
 
     Deterministic mode would also fill every new tensor's memory with NaN (a debugging aid
-    that catches reads of uninitialised memory; it costs a write of every allocation, about a
-    tenth of a CPU training step): turned off, since no kernel here reads memory it did not
-    write, and the results are the same bit for bit (tests/test_invariance.py)."""
+    that catches reads of uninitialised memory at the cost of a write of every allocation,
+    docs/performance.md): turned off, since no kernel here reads memory it did not write, and
+    the results are the same bit for bit (tests/test_invariance.py)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -57,7 +57,7 @@ def quantile_bins(values: np.ndarray, bins: int) -> np.ndarray:
     if len(values) == 0:
         return np.zeros(0, dtype=np.int64)
     edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
-    return np.searchsorted(edges, values, side="right").astype(np.int64)
+    return np.searchsorted(edges, values, side="right").astype(np.int64, copy=False)
 
 
 def dense_codes(values: np.ndarray) -> tuple[np.ndarray, int]:
@@ -65,7 +65,8 @@ def dense_codes(values: np.ndarray) -> tuple[np.ndarray, int]:
     values = np.asarray(values)
     if values.dtype.kind in "iu" and len(values) and values.min() >= 0 and values.max() < 2**24:
         present = np.bincount(values) > 0  # O(n), where np.unique sorts: same codes
-        return (np.cumsum(present) - 1)[values].astype(np.int64), int(present.sum())
+        codes = (np.cumsum(present) - 1)[values]
+        return codes.astype(np.int64, copy=False), int(present.sum())
     unique, codes = np.unique(values, return_inverse=True)
     return codes.astype(np.int64), len(unique)
 
