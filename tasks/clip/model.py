@@ -18,6 +18,7 @@ two modes:
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,14 +81,20 @@ def create_clip(
     import open_clip
 
     preprocess = preprocess or {}
-    clip, _, transform = open_clip.create_model_and_transforms(
-        name,
-        pretrained=pretrained,
-        pretrained_text=pretrained_text,
-        image_mean=preprocess.get("mean"),
-        image_std=preprocess.get("std"),
-        image_interpolation=preprocess.get("interpolation"),
-    )
+    # open_clip logs "initialized partially/randomly" whenever no full checkpoint is loaded at
+    # creation; ours are loaded right after (tower weights, a saved bundle), so it misleads.
+    logging.disable(logging.WARNING)
+    try:
+        clip, _, transform = open_clip.create_model_and_transforms(
+            name,
+            pretrained=pretrained,
+            pretrained_text=pretrained_text,
+            image_mean=preprocess.get("mean"),
+            image_std=preprocess.get("std"),
+            image_interpolation=preprocess.get("interpolation"),
+        )
+    finally:
+        logging.disable(logging.NOTSET)
     tokenizer = open_clip.get_tokenizer(name)
     return clip, ClipProcessor(transform, tokenizer, dict(clip.visual.preprocess_cfg))
 
