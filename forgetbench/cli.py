@@ -217,8 +217,8 @@ def _print_leaderboard(rows, shown: list[tuple], ci: bool, chosen: bool) -> None
     from forgetbench.report import render
 
     tables, notes = render(rows, shown, out.width, ci, chosen)
-    for table in tables:
-        out.print(table)
+    for table in tables:  # wider than the terminal only for --columns that do not fit
+        out.print(table, width=max(out.width, table.min_width or 0), crop=False)
     for line in notes:
         out.print(line, markup=False, highlight=False)
 

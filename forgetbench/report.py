@@ -40,8 +40,8 @@ DEFINITIONS = {
     " lower is better)",
     "cd_rate": "collateral-damage rate: share of prior eval examples right before and wrong after",
     "compute_x": "training samples forwarded (with extra inference) relative to the task's"
-    " default finetune run",
-    "wall_x": "wall time relative to the task's default finetune run",
+    " default finetune run (or its only finetune config)",
+    "wall_x": "wall time relative to the same finetune run",
     "extra_inference": "samples forwarded for the method's own inference (frozen model, probes)",
     "wall_seconds": "wall time of the run in seconds",
 }
@@ -170,9 +170,18 @@ def _add_run(row: Row, run: dict, run_metrics: dict[str, float]) -> None:
 
 
 def _relative_compute(rows: list[Row]) -> None:
-    """``compute_x`` and ``wall_x``: each run's compute over the mean of its task's default
-    finetune row (plain ``finetune`` at the task's default settings); none without one."""
-    reference = {row.task: row for row in rows if row.methods == "finetune"}
+    """``compute_x`` and ``wall_x``: each run's compute over the mean of its task's reference
+    finetune row: plain ``finetune`` at the task's default settings, else the task's only
+    finetune config; none without one (one fixed reference per task, so budgets compare)."""
+    finetunes: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        if row.method_names == ("finetune",):
+            finetunes[row.task].append(row)
+    reference = {
+        task: next((r for r in found if r.methods == "finetune"), found[0])
+        for task, found in finetunes.items()
+        if len(found) == 1 or any(r.methods == "finetune" for r in found)
+    }
     for row in rows:
         finetune = reference.get(row.task)
         for column, source in RATIO_COLUMNS.items():
@@ -312,13 +321,22 @@ def _table(rows: list[Row], shown: list[tuple], ci: bool, label_width: int | Non
     longest = max(len(row.methods) + 2 for row in rows)
     table.add_column("methods", overflow="fold", min_width=min(longest, LABEL_MIN_WIDTH))
     table.add_column("n", justify="right", no_wrap=True)
-    for _, header, _ in shown:
-        table.add_column(header, justify="right", no_wrap=True)
-    for row in rows:
+    cells = [[cell(row, key, decimals, ci) for key, _, decimals in shown] for row in rows]
+    for index, (_, header, _) in enumerate(shown):
+        widest = max(len(line[index]) for line in cells)  # a number is never cropped
+        table.add_column(header, justify="right", no_wrap=True, min_width=widest)
+    for row, line in zip(rows, cells, strict=True):
         label = escape((("* " if row.pareto else "  ") + row.methods)[:label_width])
-        cells = [cell(row, key, decimals, ci) for key, _, decimals in shown]
-        table.add_row(label, str(len(row.seeds)), *cells)
+        table.add_row(label, str(len(row.seeds)), *line)
     return table
+
+
+def needed_width(rows: list[Row], shown: list[tuple], ci: bool = False) -> int:
+    """The narrowest a task's table can be (its labels folded): wider than the terminal only
+    when ``--columns`` asked for more than fits."""
+    console = Console(width=100_000)  # a measurement is clamped to the console's width
+    table = _table(rows, shown, ci, LABEL_MIN_WIDTH)
+    return Measurement.get(console, console.options, table).minimum
 
 
 def fit_columns(
@@ -327,13 +345,13 @@ def fit_columns(
     """The longest prefix of ``available`` (in priority order) whose table fits ``width``
     (the main metrics are always kept). Columns no row has a value for are skipped."""
     present = [c for c in available if any(row.values.get(c[0]) for row in rows)]
-    console = Console(width=100_000)  # a measurement is clamped to the console's width
     shown: list[tuple] = []
     for column in present:
         candidate = [*shown, column]
-        table = _table(rows, candidate, ci, LABEL_MIN_WIDTH)
-        needed = Measurement.get(console, console.options, table).minimum
-        if needed > width and column[0] not in ("prior_after", "new_after"):
+        if needed_width(rows, candidate, ci) > width and column[0] not in (
+            "prior_after",
+            "new_after",
+        ):
             break
         shown = candidate
     return shown
@@ -367,7 +385,9 @@ def render(
     for task_rows in tasks.values():
         shown = available if chosen else fit_columns(task_rows, available, width, ci)
         shown_keys.update({column[0]: column for column in shown})
-        tables.append(_table(task_rows, shown, ci))
+        table = _table(task_rows, shown, ci)
+        table.min_width = needed_width(task_rows, shown, ci)  # never crop a chosen column
+        tables.append(table)
     present = {c[0] for c in available if any(row.values.get(c[0]) for row in rows)}
     hidden = [c for c in available if c[0] in present and c[0] not in shown_keys]
     return tables, footnote(list(shown_keys.values()), hidden, ci)
