@@ -68,4 +68,5 @@ def test_every_method_runs_on_gettext_mt_through_the_cli(tmp_path):
         mean = (metrics["prior/after/bleu_en-de"] + metrics["prior/after/bleu_en-fr"]) / 2
         assert metrics["prior/after/bleu"] == pytest.approx(mean)
         fingerprints.add(run["data_fingerprints"]["catalogues"])
+        assert "coreutils=" in run["data_fingerprints"]["debian_packages"]
     assert len(fingerprints) == 1  # the same catalogues read by every run

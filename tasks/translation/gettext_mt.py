@@ -221,6 +221,7 @@ class GettextMTTask(Seq2SeqTask):
             info={"packages": versions, "files": len(read), "segments": len(segments)},
             provenance={
                 "catalogues": fingerprint,
+                "debian_packages": " ".join(f"{p}={v}" for p, v in sorted(versions.items())),
                 **{f"sacrebleu_{k}": v for k, v in signatures().items()},
             },
         )
