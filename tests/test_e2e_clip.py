@@ -3,12 +3,10 @@
 the real offline ``clip-offline`` scenario (real weights and data) at a tiny budget."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from clip_helpers import tiny_settings, write_image_folders, write_tiny_checkpoint
+from e2e_helpers import cli_in
 
 # Every builtin method once; stacked so that the wrappers, finalisers and regularisers meet.
 METHOD_SETS = [
@@ -27,22 +25,6 @@ OFFLINE_SMALL = [
     "--set", "batch_size=4",
     "--steps", "2",
 ]  # fmt: skip
-
-
-def cli_in(tmp_path):
-    env = {
-        **os.environ,
-        "FORGETBENCH_CACHE": str(tmp_path / "cache"),
-        "FORGETBENCH_DB": str(tmp_path / "results.db"),
-    }
-
-    def cli(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "forgetbench", *args],
-            capture_output=True, text=True, env=env, timeout=900,
-        )  # fmt: skip
-
-    return cli
 
 
 @pytest.mark.slow

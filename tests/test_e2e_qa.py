@@ -2,11 +2,9 @@
 all-MiniLM-L6-v2), every builtin method at a few steps with a tiny stage 0."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from e2e_helpers import cli_in
 
 SMALL = [
     "--set", "task.stage0_steps=3",
@@ -29,17 +27,7 @@ METHOD_SETS = [
 
 @pytest.mark.slow
 def test_every_method_runs_on_wordnet_qa_through_the_cli(tmp_path):
-    env = {
-        **os.environ,
-        "FORGETBENCH_CACHE": str(tmp_path / "cache"),
-        "FORGETBENCH_DB": str(tmp_path / "results.db"),
-    }
-
-    def cli(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "forgetbench", *args],
-            capture_output=True, text=True, env=env, timeout=900,
-        )  # fmt: skip
+    cli = cli_in(tmp_path)
 
     for methods in METHOD_SETS:
         flags = [part for name in methods for part in ("--method", name)]
