@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from forgetbench.errors import ForgetbenchError, did_you_mean
-from forgetbench.store import Store
+from forgetbench.store import Store, latest_runs
 
 Point = tuple[float, float]
 REFERENCE_MARGIN = 0.1
@@ -132,7 +132,6 @@ def method_name(run: dict) -> str:
 
 def collect(store: Store, task: str) -> TaskPoints:
     """Per-seed points of every method and config of ``task`` (its latest ok run per seed)."""
-    from forgetbench.report import latest_runs
 
     runs = latest_runs(store, task)
     if not runs:

@@ -18,8 +18,7 @@ from matplotlib.figure import Figure
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.frontier import TaskPoints, collect, method_name, pareto_front
-from forgetbench.report import latest_runs
-from forgetbench.store import Store
+from forgetbench.store import Store, latest_runs
 
 FORMATS = (".png", ".svg", ".pdf")
 WISE_FT = "wise-ft"

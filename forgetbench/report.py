@@ -15,8 +15,9 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from forgetbench.errors import ForgetbenchError, did_you_mean
+from forgetbench.frontier import summary
 from forgetbench.registry import Registry, get_registry
-from forgetbench.store import Store
+from forgetbench.store import Store, latest_runs
 
 # (key, header, decimals): metrics show mean ± spread, compute (decimals 0, or 1 for ratios)
 # its mean. Methods add their own diagnostics (``Method.columns``) after these.
@@ -105,15 +106,6 @@ class Row:
         if n < 2:
             return math.nan
         return t_quantile_975(n - 1) * self.std(key) / math.sqrt(n)
-
-
-def latest_runs(store: Store, task: str | None = None) -> list[dict]:
-    """The ``ok`` runs, one per (task, config hash, seed): a seed run twice counts once (its
-    latest run). Failed runs never appear."""
-    latest: dict[tuple[str, str, int], dict] = {}
-    for run in store.get_runs(status="ok", task=task):  # ordered by id: later reruns win
-        latest[run["task"], run["config_hash"], run["seed"]] = run
-    return list(latest.values())
 
 
 def leaderboard(store: Store, task: str | None = None) -> list[Row]:
@@ -456,6 +448,4 @@ def comparison_tables(result) -> list:
             f"{seed.difference:+.4f}",
             escape(words[seed.verdict]),
         )
-    from forgetbench.frontier import summary
-
     return [scores, per_seed, escape(summary(result))]

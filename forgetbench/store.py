@@ -594,3 +594,12 @@ class Store:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def latest_runs(store: Store, task: str | None = None) -> list[dict]:
+    """The ``ok`` runs, one per (task, config hash, seed): a seed run twice counts once (its
+    latest run). Failed runs never appear."""
+    latest: dict[tuple[str, str, int], dict] = {}
+    for run in store.get_runs(status="ok", task=task):  # ordered by id: later reruns win
+        latest[run["task"], run["config_hash"], run["seed"]] = run
+    return list(latest.values())
