@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -101,7 +102,11 @@ def use_registry_everywhere(*methods: type) -> None:
 
 
 def cli_process(args: list[str], env: dict[str, str], **popen) -> subprocess.Popen:
-    """``forgetbench ARGS`` with the tiny task registered, in a subprocess."""
+    """``forgetbench ARGS`` with the tiny task registered, in a subprocess.
+
+    The child starts with SIGINT at its default disposition, as from a terminal: a test suite
+    launched in the background (``make test &``) has SIGINT ignored, which its children would
+    inherit, and Python then never turns Ctrl-C into KeyboardInterrupt."""
     script = SCRIPT.format(tests=str(Path(__file__).parent))
     return subprocess.Popen(
         [sys.executable, "-c", script, *args],
@@ -109,6 +114,7 @@ def cli_process(args: list[str], env: dict[str, str], **popen) -> subprocess.Pop
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         **popen,
     )
 
