@@ -13,7 +13,7 @@ with each run.
 
 Prior task: en->de and en->fr, a ``>>de<<`` / ``>>fr<<`` tag in front of the source. New task:
 en->es (tag ``>>es<<``, never seen in stage 0). Stage 0 trains a BPE vocabulary (``tokenizers``)
-on the training texts of all pairs and a ``MarianMTModel`` from a config (about 6M parameters
+on the training texts of all pairs and a ``MarianMTModel`` from a config (about 2M parameters
 at the defaults) on the prior pairs; the core caches the result.
 """
 
@@ -172,7 +172,7 @@ class GettextMTTask(Seq2SeqTask):
     metadata = TaskMetadata(
         name="gettext-mt",
         family="translation",
-        description="Marian (~6M, from scratch) on Debian gettext catalogues: en->de and en->fr"
+        description="Marian (~2M, from scratch) on Debian gettext catalogues: en->de and en->fr"
         " (stage 0), then en->es; sacrebleu BLEU/chrF",
         prior_metric="bleu",
         new_metric="bleu",
