@@ -4,6 +4,7 @@ metric directions; ``forgetbench compare`` on a store of hand-made runs."""
 from __future__ import annotations
 
 import pytest
+from frontier_helpers import store_run
 from typer.testing import CliRunner
 
 from forgetbench.cli import app
@@ -18,7 +19,7 @@ from forgetbench.frontier import (
     pareto_front,
     verdict,
 )
-from forgetbench.store import Metric, Store
+from forgetbench.store import Store
 
 # Three points on a staircase and one inside it. Higher is better on both axes:
 # the front is (0.9, 0.1), (0.5, 0.5), (0.1, 0.9); above (0, 0) the area they dominate is
@@ -84,33 +85,6 @@ def test_bootstrap_interval_is_reproducible_under_a_seed():
     assert low < mean(list(values)) < high
     assert low >= 0.1  # a mean of resampled values stays within them
     assert high <= 0.9
-
-
-def store_run(store, stack, label, seed, prior, new, before=(0.8, 0.1), higher=(True, True)):
-    """A finished run of method stack ``stack`` (config label ``label``) on task ``toy``."""
-    run_id = store.start_run(
-        task="toy",
-        task_version="1",
-        family="text-classification",
-        prior_metric="accuracy",
-        new_metric="accuracy",
-        methods=label,
-        config={"methods": [{"name": name, "config": {}} for name in stack.split("+")]},
-        config_hash=f"hash-{label}",
-        seed=seed,
-        model="m",
-        data_fingerprints={},
-        versions={},
-    )
-    store.finish_run(
-        run_id,
-        [
-            Metric("prior", "after", "accuracy", prior, higher[0]),
-            Metric("new", "after", "accuracy", new, higher[1]),
-            Metric("prior", "before", "accuracy", before[0], higher[0]),
-            Metric("new", "before", "accuracy", before[1], higher[1]),
-        ],
-    )
 
 
 @pytest.fixture

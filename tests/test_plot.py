@@ -7,47 +7,13 @@ import xml.etree.ElementTree as ET
 
 import matplotlib.image
 import pytest
+from frontier_helpers import store_run, wise_ft_series
 from typer.testing import CliRunner
 
 from forgetbench.cli import app
 from forgetbench.errors import ForgetbenchError
 from forgetbench.plot import plot_run, plot_task
-from forgetbench.store import Metric, Store
-
-
-def store_run(store, stack, label, seed, prior, new, curves=()):
-    run_id = store.start_run(
-        task="toy",
-        task_version="1",
-        family="text-classification",
-        prior_metric="accuracy",
-        new_metric="accuracy",
-        methods=label,
-        config={"methods": [{"name": name, "config": {}} for name in stack.split("+")]},
-        config_hash=f"hash-{label}",
-        seed=seed,
-        model="m",
-        data_fingerprints={},
-        versions={},
-    )
-    metrics = [
-        Metric("prior", "after", "accuracy", prior),
-        Metric("new", "after", "accuracy", new),
-        Metric("prior", "before", "accuracy", 0.8),
-        Metric("new", "before", "accuracy", 0.1),
-    ]
-    store.finish_run(run_id, metrics, list(curves))
-    return run_id
-
-
-def wise_ft_series(prior: float, new: float) -> list[tuple[str, int, float]]:
-    """The grid WiSE-FT stores: step = 100 * alpha, from f0 (alpha 0) to the fine-tuned model."""
-    series = []
-    for step in (0, 50, 100):
-        alpha = step / 100
-        series.append(("wise-ft/prior/accuracy", step, 0.8 + alpha * (prior - 0.8)))
-        series.append(("wise-ft/new/accuracy", step, 0.1 + alpha * (new - 0.1)))
-    return series
+from forgetbench.store import Store
 
 
 @pytest.fixture
@@ -61,7 +27,7 @@ def toy(db) -> str:
     curves = [("train/loss", step, 2.0 / step) for step in range(1, 11)]
     curves += [(f"mixcd/alpha/label={b}", step, 0.5 - 0.01 * b * step) for b in range(3)
                for step in (2, 4, 6)]  # fmt: skip
-    store_run(store, "mixcd", "mixcd(bins=3)", 0, 0.7, 0.8, curves)
+    store_run(store, "mixcd", "mixcd(bins=3)", 0, 0.7, 0.8, curves=curves)
     return db
 
 

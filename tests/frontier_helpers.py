@@ -1,0 +1,59 @@
+"""Hand-made finished runs on a task ``toy`` for the frontier, plot and budget tests: one
+stored run per call, with chosen (prior/after, new/after) points, f0, directions, derived
+metrics (``rehearsed``) and series (WiSE-FT's alpha grid)."""
+
+from __future__ import annotations
+
+from forgetbench.store import Metric, Store
+
+
+def store_run(
+    store: Store,
+    stack: str,
+    label: str,
+    seed: int,
+    prior: float,
+    new: float,
+    before: tuple[float, float] = (0.8, 0.1),
+    higher: tuple[bool, bool] = (True, True),
+    curves=(),
+    derived: dict[str, float] | None = None,
+) -> int:
+    """A finished run of method stack ``stack`` (config label ``label``) on task ``toy``;
+    ``derived`` becomes ``run/derived/<name>`` metrics, ``curves`` its series."""
+    run_id = store.start_run(
+        task="toy",
+        task_version="1",
+        family="text-classification",
+        prior_metric="accuracy",
+        new_metric="accuracy",
+        methods=label,
+        config={"methods": [{"name": name, "config": {}} for name in stack.split("+")]},
+        config_hash=f"hash-{label}",
+        seed=seed,
+        model="m",
+        data_fingerprints={},
+        versions={},
+    )
+    metrics = [
+        Metric("prior", "after", "accuracy", prior, higher[0]),
+        Metric("new", "after", "accuracy", new, higher[1]),
+        Metric("prior", "before", "accuracy", before[0], higher[0]),
+        Metric("new", "before", "accuracy", before[1], higher[1]),
+    ]
+    metrics += [Metric("run", "derived", k, v) for k, v in (derived or {}).items()]
+    store.finish_run(run_id, metrics, list(curves))
+    return run_id
+
+
+def wise_ft_series(
+    prior: float, new: float, steps=(0, 50, 100), before: tuple[float, float] = (0.8, 0.1)
+) -> list[tuple[str, int, float]]:
+    """The grid WiSE-FT stores (step = 100 * alpha): a straight line from f0 (``before``, alpha
+    0) to the fine-tuned model (``prior``, ``new``, alpha 1)."""
+    series = []
+    for step in steps:
+        alpha = step / 100
+        series.append(("wise-ft/prior/accuracy", step, before[0] + alpha * (prior - before[0])))
+        series.append(("wise-ft/new/accuracy", step, before[1] + alpha * (new - before[1])))
+    return series
