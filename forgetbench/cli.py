@@ -457,6 +457,15 @@ def _print_sweep_summary(result) -> None:
         )
 
 
+WiseFtGridOption = Annotated[
+    bool,
+    typer.Option(
+        "--wise-ft-grid/--no-wise-ft-grid",
+        help="count each WiSE-FT alpha grid point as a config in the frontier",
+    ),
+]
+
+
 @app.command()
 def compare(
     method_a: Annotated[str, typer.Argument(help="a method (stack), e.g. mixcd")],
@@ -468,6 +477,7 @@ def compare(
         str | None,
         typer.Option(help="reference point PRIOR,NEW of the frontier score (default: nadir)"),
     ] = None,
+    wise_ft_grid: WiseFtGridOption = True,
     db: DbOption = None,
 ):
     """Does A's Pareto frontier dominate B's? Frontier scores with bootstrap intervals."""
@@ -480,7 +490,7 @@ def compare(
         raise ForgetbenchError(f"--resamples must be >= 100, got {resamples}")
     store = Store(db, read_only=True)
     _check_task_name(store, task)
-    points = collect(store, task)
+    points = collect(store, task, wise_ft_grid)
     result = compare_frontiers(
         points, method_a, method_b, parse_reference(reference), resamples, seed
     )
@@ -498,6 +508,7 @@ def plot(
         str | None, typer.Option("--out", "-o", help="PNG or SVG file (default by name)")
     ] = None,
     title: Annotated[str | None, typer.Option(help="title of the task plot")] = None,
+    wise_ft_grid: WiseFtGridOption = True,
     db: DbOption = None,
 ):
     """Plot a task's prior-vs-new frontiers, or one run's curves, to PNG or SVG."""
@@ -509,7 +520,7 @@ def plot(
     store = Store(db, read_only=True)
     if task is not None:
         _check_task_name(store, task)
-        path = plot_task(store, task, out_path or f"{task}.png", title)
+        path = plot_task(store, task, out_path or f"{task}.png", title, wise_ft_grid)
     else:
         path = plot_run(store, run_id, out_path or f"run-{run_id}.png")
     out.print(f"wrote {path}", markup=False, highlight=False)

@@ -6,6 +6,11 @@ A *method* here is the stack of method names of a run (``mixcd``, ``mixcd+wise-f
 config is one point per seed: (prior/after, new/after) of the task's main metrics, in the
 directions the runs stored. Internally both axes are oriented so that higher is better.
 
+WiSE-FT: one run of a stack with ``wise-ft`` is a whole curve of models, one per alpha of its
+grid (stored as series). By default each grid point counts as a config of its own, so the
+frontier and its score include the trade-off WiSE-FT offers (``collect(wise_ft_grid=False)``
+leaves them out).
+
 Frontier score: the hypervolume (area) dominated by a method's frontier of per-config means,
 above a reference point shared by every method compared on the task. The default reference is
 the nadir (worst value on each axis) of every point compared: every config, every seed, and f0
@@ -26,6 +31,7 @@ from forgetbench.store import Store, latest_runs
 
 Point = tuple[float, float]
 REFERENCE_MARGIN = 0.1
+WISE_FT = "wise-ft"  # a stack with it stores an alpha grid: series wise-ft/<split>/<metric>
 
 
 def _orient(point: Point, higher: tuple[bool, bool]) -> Point:
@@ -78,19 +84,32 @@ def front_dominates(
 
 @dataclass
 class MethodPoints:
-    """The configs of one method stack on one task: per-seed (prior/after, new/after)."""
+    """The configs of one method stack on one task: per-seed (prior/after, new/after); for a
+    stack with WiSE-FT also each config's alpha grid, read from its stored series."""
 
     name: str
     configs: dict[str, dict[int, Point]] = field(default_factory=dict)  # label -> seed -> point
+    grid: dict[str, dict[float, dict[int, Point]]] = field(default_factory=dict)  # alpha -> ...
+    use_grid: bool = True  # the grid's points count as configs of their own (frontier, score)
 
     def seeds(self) -> set[int]:
         return {seed for points in self.configs.values() for seed in points}
 
+    def candidates(self) -> dict[str, dict[int, Point]]:
+        """Every point a frontier is drawn from: the configs and, with ``use_grid``, each
+        WiSE-FT grid point as a config of its own (``label @ alpha=0.25``)."""
+        extra = {
+            grid_label(label, alpha): points
+            for label, alphas in (self.grid.items() if self.use_grid else ())
+            for alpha, points in alphas.items()
+        }
+        return {**self.configs, **extra}
+
     def means(self, seeds: Sequence[int] | None = None) -> dict[str, Point]:
-        """Each config's mean point over ``seeds`` (repeats count again; all seeds if None).
-        A config with none of the seeds is left out."""
+        """Each candidate's mean point over ``seeds`` (repeats count again; all seeds if None).
+        A candidate with none of the seeds is left out."""
         result = {}
-        for label, points in self.configs.items():
+        for label, points in self.candidates().items():
             chosen = [points[s] for s in (points if seeds is None else seeds) if s in points]
             if chosen:
                 result[label] = (
@@ -98,6 +117,15 @@ class MethodPoints:
                     float(np.mean([p[1] for p in chosen])),
                 )
         return result
+
+    def describe(self) -> str:
+        """``3`` configs, or ``2+10a`` with 10 WiSE-FT grid points counted in."""
+        count = sum(len(alphas) for alphas in self.grid.values()) if self.use_grid else 0
+        return f"{len(self.configs)}+{count}a" if count else str(len(self.configs))
+
+
+def grid_label(label: str, alpha: float) -> str:
+    return f"{label} @ alpha={alpha:g}"
 
 
 @dataclass
@@ -130,9 +158,14 @@ def method_name(run: dict) -> str:
     return "+".join(m["name"] for m in run["config"].get("methods", [])) or run["methods"]
 
 
-def collect(store: Store, task: str) -> TaskPoints:
-    """Per-seed points of every method and config of ``task`` (its latest ok run per seed)."""
+def collect(store: Store, task: str, wise_ft_grid: bool = True) -> TaskPoints:
+    """Per-seed points of every method and config of ``task`` (its latest ok run per seed).
 
+    A run whose stack has ``wise-ft`` also gives its alpha grid (series
+    ``wise-ft/prior/<prior metric>`` and ``wise-ft/new/<new metric>``, step = 100 * alpha):
+    one model per alpha, each a point per seed. With ``wise_ft_grid`` (the default) those
+    points count in the method's frontier and score like configs; without, they are kept
+    (for plots) but left out of every frontier."""
     runs = latest_runs(store, task)
     if not runs:
         raise ForgetbenchError(f"no finished runs of task {task!r} in {store.location}")
@@ -148,21 +181,39 @@ def collect(store: Store, task: str) -> TaskPoints:
         keys = (f"prior/after/{prior}", f"new/after/{new}")
         if not all(key in metric for key in keys):
             continue
-        method = points.methods.setdefault(method_name(run), MethodPoints(method_name(run)))
+        name = method_name(run)
+        method = points.methods.setdefault(name, MethodPoints(name, use_grid=wise_ft_grid))
         method.configs.setdefault(run["methods"], {})[run["seed"]] = (
             metric[keys[0]],
             metric[keys[1]],
         )
+        for alpha, point in wise_ft_grid_points(store, run, prior, new).items():
+            method.grid.setdefault(run["methods"], {}).setdefault(alpha, {})[run["seed"]] = point
         before = (f"prior/before/{prior}", f"new/before/{new}")
         if all(key in metric for key in before):
             points.f0.setdefault(run["seed"], (metric[before[0]], metric[before[1]]))
     return points
 
 
+def wise_ft_grid_points(store: Store, run: dict, prior: str, new: str) -> dict[float, Point]:
+    """{alpha: (prior, new)} of a run's stored WiSE-FT grid (empty for other stacks)."""
+    if WISE_FT not in method_name(run).split("+"):
+        return {}
+    names = (f"{WISE_FT}/prior/{prior}", f"{WISE_FT}/new/{new}")
+    series: dict[str, dict[int, float]] = {name: {} for name in names}
+    for name in names:
+        for _, step, value in store.get_series(run["id"], name):
+            series[name][step] = value
+    steps = sorted(set(series[names[0]]) & set(series[names[1]]))
+    return {step / 100: (series[names[0]][step], series[names[1]][step]) for step in steps}
+
+
 def default_reference(points: TaskPoints, names: Sequence[str]) -> Point:
     """The nadir of every point of ``names`` (every config and seed) and of f0, pushed out by
     ``REFERENCE_MARGIN`` of each axis' range (in the axes' stored directions)."""
-    every = [p for name in names for c in points.method(name).configs.values() for p in c.values()]
+    every = [
+        p for name in names for c in points.method(name).candidates().values() for p in c.values()
+    ]
     every += list(points.f0.values())
     oriented = np.array([_orient(p, points.higher) for p in every])
     low, high = oriented.min(axis=0), oriented.max(axis=0)

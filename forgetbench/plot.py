@@ -17,11 +17,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from forgetbench.errors import ForgetbenchError
-from forgetbench.frontier import TaskPoints, collect, method_name, pareto_front
-from forgetbench.store import Store, latest_runs
+from forgetbench.frontier import MethodPoints, TaskPoints, collect, pareto_front
+from forgetbench.store import Store
 
 FORMATS = (".png", ".svg", ".pdf")
-WISE_FT = "wise-ft"
 MAX_LEGEND_BINS = 12
 
 
@@ -42,53 +41,52 @@ def _axis_label(split: str, metric: str, higher: bool) -> str:
     return f"{split} {metric} after fine-tuning ({'higher' if higher else 'lower'} is better)"
 
 
-def _draw_method(ax, name: str, configs: dict, higher, color) -> None:
-    """Each config's mean with std error bars over seeds, and the method's frontier."""
-    labels = sorted(configs)
-    points = [np.array(list(configs[label].values())) for label in labels]
+def _draw_method(ax, method: MethodPoints, higher, color) -> None:
+    """Each config's mean with std error bars over seeds, and the method's frontier (over its
+    configs and, when they count, its WiSE-FT grid points: the frontier ``compare`` scores)."""
+    labels = sorted(method.configs)
+    points = [np.array(list(method.configs[label].values())) for label in labels]
     means = np.array([p.mean(axis=0) for p in points])
     spread = np.array([p.std(axis=0, ddof=1) if len(p) > 1 else np.zeros(2) for p in points])
+    grid = " + alpha grid" if method.use_grid and method.grid else ""
     ax.errorbar(
         means[:, 0], means[:, 1], xerr=spread[:, 0], yerr=spread[:, 1], fmt="o", ms=5,
-        color=color, alpha=0.85, capsize=2, label=f"{name} ({_configs(len(labels))})",
+        color=color, alpha=0.85, capsize=2,
+        label=f"{method.name} ({_configs(len(labels))}{grid})",
     )  # fmt: skip
-    front = pareto_front([tuple(m) for m in means], higher)
+    candidates = list(method.means().values())
+    front = pareto_front(candidates, higher)
     if len(front) > 1:
-        ordered = means[sorted(front, key=lambda i: means[i, 0])]
+        ordered = np.array(sorted(candidates[i] for i in front))
         ax.plot(ordered[:, 0], ordered[:, 1], "-", color=color, alpha=0.6, lw=1.5)
 
 
-def _wise_ft_curves(store: Store, points: TaskPoints) -> dict[str, np.ndarray]:
-    """{config label: rows (alpha, prior, new) averaged over seeds} from the WiSE-FT series
-    (``wise-ft/<split>/<metric>``, step = 100 * alpha)."""
-    names = (f"wise-ft/prior/{points.prior_metric}", f"wise-ft/new/{points.new_metric}")
-    grids: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    for run in latest_runs(store, points.task):
-        if WISE_FT not in method_name(run).split("+"):
-            continue
-        series = defaultdict(dict)
-        for name, step, value in store.get_series(run["id"]):
-            if name in names:
-                series[name][step] = value
-        for step in sorted(set(series[names[0]]) & set(series[names[1]])):
-            grids[run["methods"]][step].append((series[names[0]][step], series[names[1]][step]))
+def _wise_ft_curves(points: TaskPoints) -> dict[str, np.ndarray]:
+    """{config label: rows (alpha, prior, new) averaged over seeds} of every WiSE-FT grid
+    ``collect`` read (series ``wise-ft/<split>/<metric>``, step = 100 * alpha)."""
     return {
-        label: np.array([(step / 100, *np.mean(grid[step], axis=0)) for step in sorted(grid)])
-        for label, grid in grids.items()
+        label: np.array(
+            [(alpha, *np.mean(list(alphas[alpha].values()), axis=0)) for alpha in sorted(alphas)]
+        )
+        for method in points.methods.values()
+        for label, alphas in method.grid.items()
     }
 
 
-def plot_task(store: Store, task: str, out: str | Path, title: str | None = None) -> Path:
-    """Prior/after (x) against new/after (y) for every method of ``task``; writes ``out``."""
+def plot_task(
+    store: Store, task: str, out: str | Path, title: str | None = None, wise_ft_grid: bool = True
+) -> Path:
+    """Prior/after (x) against new/after (y) for every method of ``task``; writes ``out``.
+    ``wise_ft_grid``: WiSE-FT's grid points count in its frontier (as in ``compare``)."""
     path = _check_out(out)
-    points = collect(store, task)
+    points = collect(store, task, wise_ft_grid)
     figure = Figure(figsize=(7.5, 5.5), layout="constrained")
     ax = figure.add_subplot()
     colors = itertools.cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])
     for name in sorted(points.methods):
         color = next(colors)
-        _draw_method(ax, name, points.methods[name].configs, points.higher, color)
-    curves = _wise_ft_curves(store, points)
+        _draw_method(ax, points.methods[name], points.higher, color)
+    curves = _wise_ft_curves(points)
     for curve in curves.values():
         ax.plot(curve[:, 1], curve[:, 2], "--", marker=".", color="grey", lw=1)
         for alpha, x, y in curve[[0, -1]]:

@@ -431,8 +431,7 @@ def comparison_tables(result) -> list:
         (b, result.score_b, result.interval_b),
         (f"{a} - {b}", result.difference, result.interval_difference),
     ):
-        configs = points.methods[name].configs if name in points.methods else None
-        count = str(len(configs)) if configs is not None else ""
+        count = points.methods[name].describe() if name in points.methods else ""
         scores.add_row(escape(name), count, f"{value:.4f}", _interval(bounds))
     per_seed = Table(
         title=escape(f"paired by seed (same seed, same new-task batches): A = {a}, B = {b}"),
@@ -448,4 +447,10 @@ def comparison_tables(result) -> list:
             f"{seed.difference:+.4f}",
             escape(words[seed.verdict]),
         )
-    return [scores, per_seed, escape(summary(result))]
+    notes = [escape(summary(result))]
+    if any("+" in points.methods[name].describe() for name in (a, b)):
+        notes.append(
+            "configs N+Ma: N configs and M WiSE-FT grid points (one per alpha and config),"
+            " each scored as a config of its own (--no-wise-ft-grid leaves them out)."
+        )
+    return [scores, per_seed, *notes]

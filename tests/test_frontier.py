@@ -4,7 +4,7 @@ metric directions; ``forgetbench compare`` on a store of hand-made runs."""
 from __future__ import annotations
 
 import pytest
-from frontier_helpers import store_run
+from frontier_helpers import store_run, wise_ft_series
 from typer.testing import CliRunner
 
 from forgetbench.cli import app
@@ -148,3 +148,66 @@ def test_cli_compare_prints_the_verdict_and_intervals_in_80_columns(toy):
     assert "the 95% interval excludes 0" in text
     assert "A dominates" in text
     assert max(len(line) for line in result.output.splitlines()) <= 80
+
+
+@pytest.fixture
+def wise(db) -> str:
+    """wise-ft (one config, its alpha grid 0, 0.5, 1 stored as series) and finetune, 2 seeds.
+    Seed s: the grid runs straight from f0 (0.8, 0.1) to (0.45, 0.9 + 0.05 s)."""
+    store = Store(db)
+    for seed in range(2):
+        grid = wise_ft_series(0.45, 0.9 + 0.05 * seed)
+        store_run(store, "wise-ft", "wise-ft", seed, 0.6, 0.85, curves=grid)
+        store_run(store, "finetune", "finetune", seed, 0.42, 0.9)
+    return db
+
+
+def test_collect_reads_the_wise_ft_grid_as_points_per_seed(wise):
+    method = collect(Store(wise, read_only=True), "toy").methods["wise-ft"]
+    assert sorted(method.grid["wise-ft"]) == [0.0, 0.5, 1.0]
+    assert method.grid["wise-ft"][0.5][1] == pytest.approx((0.625, 0.525))
+    assert method.grid["wise-ft"][1.0][0] == pytest.approx((0.45, 0.9))
+    assert set(method.candidates()) == {
+        "wise-ft",
+        "wise-ft @ alpha=0",
+        "wise-ft @ alpha=0.5",
+        "wise-ft @ alpha=1",
+    }
+    assert method.describe() == "1+3a"
+    assert method.seeds() == {0, 1}
+    assert collect(Store(wise, read_only=True), "toy").methods["finetune"].grid == {}
+    off = collect(Store(wise, read_only=True), "toy", wise_ft_grid=False).methods["wise-ft"]
+    assert set(off.candidates()) == {"wise-ft"}
+    assert off.grid == method.grid  # kept for plots, left out of the frontier
+    assert off.describe() == "1"
+
+
+def test_the_wise_ft_grid_extends_the_front_and_stays_paired_by_seed(wise):
+    store = Store(wise, read_only=True)
+    reference = (0.4, 0.0)
+    # without the grid: (0.6, 0.85) alone, 0.2 * 0.85 = 0.17 on every seed
+    off = compare(collect(store, "toy", False), "wise-ft", "finetune", reference, resamples=200)
+    assert [s.score_a for s in off.per_seed] == pytest.approx([0.17, 0.17])
+    # with it, seed 0's front is (0.8, 0.1), (0.625, 0.5), (0.6, 0.85), (0.45, 0.9):
+    # 0.4 * 0.1 + 0.225 * 0.4 + 0.2 * 0.35 + 0.05 * 0.05 = 0.2025; seed 1's alpha-0.5 and
+    # alpha-1 points are (0.625, 0.525) and (0.45, 0.95):
+    # 0.04 + 0.225 * 0.425 + 0.2 * 0.325 + 0.05 * 0.1 = 0.205625
+    on = compare(collect(store, "toy"), "wise-ft", "finetune", reference, resamples=200)
+    assert [s.score_a for s in on.per_seed] == pytest.approx([0.2025, 0.205625])
+    assert [s.score_b for s in on.per_seed] == pytest.approx([0.018, 0.018])  # 0.02 * 0.9
+    assert on.score_a > off.score_a
+    assert on.score_b == pytest.approx(off.score_b)
+    # the default reference also covers the grid points (worst prior 0.42, worst new 0.1)
+    assert default_reference(collect(store, "toy"), ["wise-ft", "finetune"])[1] < 0.1
+
+
+def test_cli_compare_counts_the_wise_ft_grid_unless_told_not_to(wise):
+    args = ["compare", "wise-ft", "finetune", "--task", "toy", "--db", wise, "--resamples", "100"]
+    on = CliRunner().invoke(app, args)
+    assert on.exit_code == 0, on.output
+    assert "1+3a" in on.output
+    assert "WiSE-FT grid points" in " ".join(on.output.split())
+    off = CliRunner().invoke(app, [*args, "--no-wise-ft-grid"])
+    assert off.exit_code == 0, off.output
+    assert "1+3a" not in off.output
+    assert "WiSE-FT grid points" not in " ".join(off.output.split())

@@ -47,6 +47,10 @@ def test_task_plot_is_a_valid_png_and_svg(toy, tmp_path):
     for label in ("finetune (1 config)", "mixcd (3 configs)", "f0 (before fine-tuning)"):
         assert label in text
     assert "WiSE-FT alpha grid (1 config)" in text
+    assert "wise-ft (1 config + alpha grid)" in text  # its frontier includes the grid points
+    off = plot_task(store, "toy", tmp_path / "off.svg", wise_ft_grid=False).read_text()
+    assert "wise-ft (1 config)" in off
+    assert "WiSE-FT alpha grid (1 config)" in off  # the curve is drawn either way
 
 
 def test_run_plot_has_loss_and_damage_rate_panels(toy, tmp_path):
@@ -68,6 +72,10 @@ def test_cli_plot_and_its_errors(toy, tmp_path):
     result = runner.invoke(app, ["plot", "--task", "toy", "--out", str(out), "--db", toy])
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output
+    svg = tmp_path / "off.svg"
+    args = ["plot", "--task", "toy", "--out", str(svg), "--no-wise-ft-grid", "--db", toy]
+    assert runner.invoke(app, args).exit_code == 0
+    assert "wise-ft (1 config)" in svg.read_text()
     assert matplotlib.image.imread(out).size > 0
     cases = {
         ("--task", "toy", "--out", str(tmp_path / "x.jpg")): "give a .png or .svg file",
