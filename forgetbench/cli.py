@@ -499,6 +499,28 @@ def compare(
 
 
 @app.command()
+def budget(
+    method_a: Annotated[str, typer.Argument(help="the method to match, e.g. mixcd")],
+    method_b: Annotated[str, typer.Argument(help="the method whose samples count, e.g. random")],
+    task: Annotated[str, typer.Option("--task", "-t", help="task name")] = "wordnet",
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples")] = 2000,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    db: DbOption = None,
+):
+    """How many rehearsed samples B needs to reach each A config's prior/after (the ratio)."""
+    from forgetbench.budget import budget as match_budget
+    from forgetbench.budget import budget_tables
+    from forgetbench.store import Store
+
+    if resamples < 100:
+        raise ForgetbenchError(f"--resamples must be >= 100, got {resamples}")
+    store = Store(db, read_only=True)
+    _check_task_name(store, task)
+    for renderable in budget_tables(match_budget(store, task, method_a, method_b, resamples, seed)):
+        out.print(renderable)
+
+
+@app.command()
 def plot(
     task: Annotated[str | None, typer.Option("--task", "-t", help="prior-vs-new plot")] = None,
     run_id: Annotated[

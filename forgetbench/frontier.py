@@ -227,14 +227,21 @@ def score(method: MethodPoints, reference: Point, higher, seeds=None) -> float:
     return hypervolume(list(method.means(seeds).values()), reference, higher)
 
 
+def resample_seeds(seeds: Sequence[int], resamples: int = 2000, seed: int = 0) -> list[list]:
+    """``resamples`` draws of ``len(seeds)`` seeds with replacement, from a generator seeded
+    with ``seed``: the same arguments give the same draws (one draw serves both methods of a
+    paired comparison)."""
+    rng = np.random.default_rng(seed)
+    seeds = sorted(seeds)
+    return [[int(s) for s in rng.choice(seeds, size=len(seeds))] for _ in range(resamples)]
+
+
 def bootstrap_interval(
     statistic, seeds: Sequence[int], resamples: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(resampled_seeds)``: seeds drawn with
     replacement, ``resamples`` times, from a generator seeded with ``seed`` (reproducible)."""
-    rng = np.random.default_rng(seed)
-    seeds = sorted(seeds)
-    values = [statistic(list(rng.choice(seeds, size=len(seeds)))) for _ in range(resamples)]
+    values = [statistic(chosen) for chosen in resample_seeds(seeds, resamples, seed)]
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
