@@ -150,6 +150,14 @@ class TaskData:
         return {**{split.name: split.fingerprint() for split in self.splits()}, **self.provenance}
 
 
+@dataclass(frozen=True)
+class HostBookkeeping:
+    """A batch's ``is_prior`` [B] bool and ``index`` [B] int64 as host (numpy) arrays."""
+
+    is_prior: np.ndarray
+    index: np.ndarray
+
+
 @dataclass
 class Batch:
     """A collated batch: the task's model ``inputs`` and the engine's bookkeeping.
@@ -157,21 +165,36 @@ class Batch:
     ``ids`` [B] (the examples' ``id``), ``is_prior`` [B] bool (drawn from the prior train set, i.e.
     rehearsed), ``index`` [B] (position in its split). Row ``b`` of every tensor in ``inputs`` is
     example ``b``: a task that windows long inputs picks one window per example for training.
+    ``host``: ``is_prior`` and ``index`` on the host, taken when the batch is made on the CPU and
+    carried when it moves to a device; read them with :meth:`bookkeeping`.
     """
 
     inputs: dict[str, torch.Tensor]
     ids: torch.Tensor
     is_prior: torch.Tensor
     index: torch.Tensor
+    host: HostBookkeeping | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.host is None and self.is_prior.device.type == self.index.device.type == "cpu":
+            self.host = HostBookkeeping(self.is_prior.numpy(), self.index.numpy())
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    def bookkeeping(self) -> HostBookkeeping:
+        """``is_prior`` and ``index`` as numpy arrays: the host copy when the batch carries one
+        (a hook branching on them then never waits for a GPU), else read from the device."""
+        if self.host is not None:
+            return self.host
+        return HostBookkeeping(self.is_prior.cpu().numpy(), self.index.cpu().numpy())
 
     def to(self, device: torch.device) -> Batch:
         moved = {
             k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()
         }
-        return Batch(moved, self.ids.to(device), self.is_prior.to(device), self.index.to(device))
+        tensors = (self.ids.to(device), self.is_prior.to(device), self.index.to(device))
+        return Batch(moved, *tensors, host=self.host)
 
 
 @dataclass

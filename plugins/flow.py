@@ -147,10 +147,20 @@ class Flow(Method):
 
     @hookimpl
     def forgetbench_sample_weights(self, batch):
-        is_new = ~batch.is_prior.cpu()
-        weights = torch.ones(is_new.shape[0])
-        weights[is_new] = self.weights[batch.index.cpu()[is_new]]
-        return weights
+        """w_i for new-task rows, 1 for rehearsed ones; computed where the batch is (a gather
+        and a select on the device: nothing waits for it)."""
+        weights = self.weights_on(batch.index.device)
+        # a rehearsed row's index is a prior-train position: any in-range one will do, the
+        # select below gives it 1
+        looked_up = weights[batch.index.clamp(max=len(weights) - 1)]
+        return torch.where(batch.is_prior, 1.0, looked_up)
+
+    def weights_on(self, device: torch.device) -> torch.Tensor:
+        """``self.weights`` on ``device``, copied there once."""
+        source, placed = getattr(self, "_placed", (None, None))
+        if source is not self.weights or placed.device != device:
+            self._placed = (self.weights, self.weights.to(device))
+        return self._placed[1]
 
     @hookimpl
     def forgetbench_diagnostics(self):

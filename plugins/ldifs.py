@@ -25,8 +25,10 @@ was measured): compare LDIFS by its frontier over a lambda sweep
 phi0 comes from a frozen copy of f0 taken in setup (eval mode, so no dropout; the model being
 trained is in train mode, as in the authors' training). A batch holding any example whose phi0
 is not cached goes through the frozen copy whole (counted as extra inference), and its phi0 are
-kept in a host-memory cache keyed by (is_prior, index) while the cache stays under ``cache_mb``.
-Once every example of a batch is cached (later epochs, repeated rehearsal) it costs nothing.
+kept in a cache keyed by (is_prior, index) while the cache stays under ``cache_mb``. The cache is
+on the training device (GPU memory on a GPU) and looked up with the batch's host bookkeeping, so
+a cached step neither copies features to the device nor waits for it. Once every example of a
+batch is cached (later epochs, repeated rehearsal) it costs nothing.
 The cache is not checkpointed: a resumed run starts it empty, so it recomputes (and counts again)
 phi0 of examples seen before the checkpoint, equal up to float rounding (padding differs).
 """
@@ -46,7 +48,8 @@ from forgetbench.api import ForgetbenchError, Method, check, hookimpl
 class LdifsConfig:
     lam: float = field(default=10.0, metadata={"help": "strength of the feature-distance penalty"})
     cache_mb: float = field(
-        default=512.0, metadata={"help": "host memory for cached prior features (0: no cache)"}
+        default=512.0,
+        metadata={"help": "memory for cached prior features, on the training device (0: none)"},
     )
 
     def __post_init__(self):
@@ -77,24 +80,29 @@ class Ldifs(Method):
         self.cache_bytes = 0
 
     def prior_features(self, ctx, batch) -> list[torch.Tensor]:
-        """phi0 of every sample of ``batch``: one [B, D_l] tensor per tap, on the batch's device."""
-        keys = list(zip(batch.is_prior.tolist(), batch.index.tolist(), strict=True))
+        """phi0 of every sample of ``batch``: one [B, D_l] tensor per tap, on the batch's device.
+
+        The keys come from the batch's host bookkeeping and the cached rows live on the
+        batch's device, so a step whose phi0 are all cached does not wait for a GPU."""
+        host = batch.bookkeeping()
+        keys = list(zip(host.is_prior.tolist(), host.index.tolist(), strict=True))
         if all(key in self.cache for key in keys):
             rows = torch.stack([self.cache[key] for key in keys])
-            return list(rows.to(batch.index.device).split(self.widths, dim=1))
+            return list(rows.split(self.widths, dim=1))
         with torch.inference_mode():
             taps = ctx.forward(self.frozen, batch, with_features=True, extra=True).features
         taps = [tap.float().clone() for tap in taps]  # clone leaves inference mode
         self.widths = [tap.shape[1] for tap in taps]
-        self._remember(keys, torch.cat(taps, dim=1).cpu())
+        self._remember(keys, torch.cat(taps, dim=1))
         return taps
 
     def _remember(self, keys, rows: torch.Tensor) -> None:
+        """Cache each new key's row (a view of ``rows``, on its device) within the budget."""
         budget = self.config.cache_mb * 2**20
         for key, row in zip(keys, rows, strict=True):
             if key in self.cache or self.cache_bytes + row.nbytes > budget:
                 continue
-            self.cache[key] = row.clone()
+            self.cache[key] = row
             self.cache_bytes += row.nbytes
 
     @hookimpl

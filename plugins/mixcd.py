@@ -296,6 +296,7 @@ class MixCD(Method):
         self.monitor = RehearsalMonitor(predictions.success)
         self.pool_size = len(pool)
         self.prior_split = data.prior_train
+        self._cell_names = None
         self._snapshot(0)
         return self.sampler
 
@@ -329,11 +330,13 @@ class MixCD(Method):
                     (f"mixcd/alpha/{scheme}={b}", step, float(r)) for b, r in enumerate(rates)
                 ]
         else:
-            for cell, rate in enumerate(estimator.cell_rates()):
-                label = "|".join(
-                    f"{s}={c}" for s, c in zip(names, estimator.scheme_codes[:, cell], strict=True)
-                )
-                self.series.append((f"mixcd/alpha/{label}", step, float(rate)))
+            if getattr(self, "_cell_names", None) is None:  # formatted once, not every snapshot
+                self._cell_names = [
+                    "mixcd/alpha/" + "|".join(f"{s}={c}" for s, c in zip(names, codes, strict=True))
+                    for codes in estimator.scheme_codes.T.tolist()
+                ]
+            rates = estimator.cell_rates().tolist()
+            self.series += [(n, step, r) for n, r in zip(self._cell_names, rates, strict=True)]
 
     def state_dict(self) -> dict:
         return {"monitor": self.monitor.state_dict(), "series": self.series}

@@ -97,6 +97,31 @@ def fit_probe_losses(
     return fit_probe(features, labels, classes, steps, l2)[0]
 
 
+# ``inputs`` key of the host copy of ``prior_head`` (a numpy array, not a tensor: it stays on the
+# host when the inputs move to a device, and a launcher's shard of the rows leaves it whole)
+HOST_PRIOR_HEAD = "prior_head_host"
+
+
+def head_rows(inputs: dict, is_prior: bool) -> torch.Tensor:
+    """The rows [R] (int64, ascending) that go through the prior head (``is_prior``) or the
+    new one, on the device of ``inputs["prior_head"]``.
+
+    Counted on the host from the copy :meth:`ClassificationTask.collate` keeps, so a forward on
+    a GPU does not wait for the device to learn how many rows each head has; inputs without it,
+    or whose rows are no longer the collated ones (a shard of them: fewer rows), are searched
+    on the device (``nonzero``: a wait)."""
+    flags, host = inputs["prior_head"], inputs.get(HOST_PRIOR_HEAD)
+    if isinstance(host, np.ndarray) and len(host) == flags.shape[0]:
+        if flags.device.type == "cpu" and not np.array_equal(host, flags.numpy()):
+            host = None  # rows reordered since collation: the tensor is the truth
+        else:
+            rows = torch.from_numpy(np.flatnonzero(host == is_prior))
+            if flags.device.type == "cpu":
+                return rows
+            return rows.pin_memory().to(flags.device, non_blocking=True)
+    return (flags == is_prior).nonzero().squeeze(1)
+
+
 class ClassificationTask(Task):
     """Shared machinery of single-label text classification (see the module docstring).
 
@@ -180,7 +205,9 @@ class ClassificationTask(Task):
         )
         inputs = dict(encoded)
         inputs["labels"] = torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)
-        inputs["prior_head"] = torch.tensor([e["source"] == "prior" for e in examples])
+        prior_head = np.array([e["source"] == "prior" for e in examples], dtype=bool)
+        inputs["prior_head"] = torch.from_numpy(prior_head)
+        inputs[HOST_PRIOR_HEAD] = prior_head.copy()  # see head_rows
         return inputs
 
     def encode(self, model, inputs, with_features: bool = False):
@@ -206,7 +233,7 @@ class ClassificationTask(Task):
         success = torch.zeros(size, dtype=torch.bool, device=pooled.device)
         parts = []
         for head, is_prior in (("prior", True), ("new", False)):
-            index = (inputs["prior_head"] == is_prior).nonzero().squeeze(1)
+            index = head_rows(inputs, is_prior)
             if index.numel() == 0:
                 continue
             logits = model.heads[head](pooled[index]).float()
