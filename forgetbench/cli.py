@@ -154,7 +154,10 @@ def run(
         run_id = execute(request, db=db, resume=resume, force=force)
     except KeyboardInterrupt as interrupted:
         raise typer.Exit(_report_interrupt(interrupted, db)) from None
-    _print_run(Store(db, read_only=True), run_id)
+    from forgetbench import distributed
+
+    if distributed.is_main():  # under a launcher the other processes never read the store
+        _print_run(Store(db, read_only=True), run_id)
 
 
 def _report_interrupt(interrupted: KeyboardInterrupt, db: str | None) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from forgetbench import distributed
 from forgetbench.api import Batch, Compute, ModelBundle, PerSample, PriorPredictions, Split, Task
 from forgetbench.cache import cached_dir, hash_json
 from forgetbench.config import TrainConfig
@@ -298,9 +299,9 @@ class PriorCache:
             save_file(tensors, str(directory / "predictions.safetensors"))
             return {"model": bundle.identity, "split": self.split.name, "size": len(self.split)}
 
-        tensors = load_file(
-            str(cached_dir("prior-predictions", key, build) / "predictions.safetensors")
-        )
+        with distributed.main_first("prior-cache"):  # built once, by the main process
+            entry = cached_dir("prior-predictions", key, build)
+        tensors = load_file(str(entry / "predictions.safetensors"))
         return PriorPredictions(
             loss=tensors["loss"].numpy(),
             success=tensors["success"].numpy().astype(bool),

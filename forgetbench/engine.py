@@ -14,6 +14,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 
+from forgetbench import distributed
 from forgetbench.api import Batch, PerSample, PriorSampler, Split
 from forgetbench.checkpoint import Checkpointer
 from forgetbench.config import TrainConfig
@@ -64,10 +65,15 @@ def check_device(train: TrainConfig) -> None:
         raise ForgetbenchError("device=cuda was asked for but no CUDA device is available")
 
 
+def uses_cpu(train: TrainConfig) -> bool:
+    """Whether a run trains on the CPU: ``device=cpu``, or ``auto`` without a CUDA device."""
+    return train.device == "cpu" or (train.device == "auto" and not torch.cuda.is_available())
+
+
 def make_accelerator(train: TrainConfig) -> Accelerator:
     """accelerate handles device placement and mixed precision; ``device=cpu`` forces the CPU."""
     check_device(train)
-    use_cpu = train.device == "cpu" or (train.device == "auto" and not torch.cuda.is_available())
+    use_cpu = uses_cpu(train)
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") != train.mixed_precision:
         # accelerate keeps one process-wide state and refuses another precision (stage 0
@@ -171,6 +177,10 @@ class TrainLoop:
     :func:`combine_loss`. With a ``checkpointer``, the loop saves its complete state every
     ``checkpointer.every`` steps and, when a checkpoint exists, continues from it exactly where
     it stopped.
+
+    With ``sharded`` under a launcher of several processes, each process trains on its rows of
+    every global batch and the gradients are averaged (:mod:`forgetbench.distributed`); not
+    sharded (stage 0), every process trains on the whole batch, the same way.
     """
 
     ctx: RunContext
@@ -182,6 +192,7 @@ class TrainLoop:
     needs_features: bool = False
     label: str = "training"
     train_is_prior: bool = False  # stage 0 trains on the prior task itself
+    sharded: bool = False  # under a launcher, each process trains on its shard of each batch
     checkpointer: Checkpointer | None = None
     curve: list[tuple[str, int, float]] = field(default_factory=list)
 
@@ -197,10 +208,12 @@ class TrainLoop:
             advance(done)
             for step in range(done + 1, self.ctx.train.steps + 1):
                 batch = self._next_batch()
-                loss, outputs = self._step(batch)
+                with self.counts.track(self.ctx.compute):
+                    loss, outputs = self._step(batch)
                 self._after_step(step, batch, loss, outputs)
                 advance()
         self._flush_curve()
+        self.counts.sum_into(self.ctx.compute, self.accelerator.device)
         return self.accelerator.unwrap_model(self.model), self.curve
 
     def _prepare(self, model: torch.nn.Module) -> int:
@@ -210,9 +223,13 @@ class TrainLoop:
         model.train()
         optimizer = make_optimizer(model, train)
         scheduler = linear_warmup_decay(optimizer, train.steps, train.warmup_ratio)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
-            model, optimizer, scheduler
+        self.model, self.optimizer, self.scheduler = distributed.prepare(
+            self.accelerator, model, optimizer, scheduler
         )
+        self.world = distributed.size() if self.sharded else 1
+        self.counts = distributed.ShardCounts(self.world > 1)
+        if self.world > 1:
+            distributed.seed_process(self.ctx.seed)
         self.stream = BatchStream(
             len(self.train_split), self.ctx.generator("batches"), self.train_split.name
         )
@@ -253,7 +270,10 @@ class TrainLoop:
         return make_batch(self.ctx.task, self.ctx.bundle, examples, indices, is_prior)
 
     def _step(self, batch: Batch) -> tuple[torch.Tensor, PerSample]:
-        """Forward, loss, backward, clip, optimiser and schedule steps."""
+        """Forward, loss, backward, clip, optimiser and schedule steps (on this process's
+        shard of the batch, the gradients averaged over the processes, when sharded)."""
+        if self.world > 1:
+            batch = distributed.shard(batch)
         on_device = to_device(batch, self.accelerator.device)
         with self.accelerator.autocast():
             outputs = self.ctx.task.forward(
@@ -261,6 +281,8 @@ class TrainLoop:
             )
             loss = combine_loss(self.ctx, self.hooks, self.model, on_device, outputs)
         self.accelerator.backward(loss)
+        if self.world > 1:
+            distributed.average_gradients(self.parameters)
         if self.ctx.train.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.parameters, self.ctx.train.max_grad_norm)
         self.optimizer.step()
@@ -278,7 +300,9 @@ class TrainLoop:
                 step=step,
                 model=self.model,
                 batch=batch,
-                per_sample=outputs.detach_cpu(),
+                per_sample=(
+                    distributed.gather_rows(outputs) if self.world > 1 else outputs.detach_cpu()
+                ),
             )
         self.pending.append((step, loss.detach()))
         if len(self.pending) >= CURVE_FLUSH:
@@ -297,7 +321,10 @@ class TrainLoop:
     def _flush_curve(self) -> None:
         """Move the pending losses to the curve (one transfer from the device)."""
         if self.pending:
-            values = torch.stack([loss.double() for _, loss in self.pending]).tolist()
+            values = torch.stack([loss.double() for _, loss in self.pending])
+            if self.world > 1:  # each process's loss is its shard's: their mean is the batch's
+                values = distributed.mean_over_processes(values)
+            values = values.tolist()
             steps = [step for step, _ in self.pending]
             self.curve += [("train/loss", s, v) for s, v in zip(steps, values, strict=True)]
             self.pending = []

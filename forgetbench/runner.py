@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from forgetbench import engine
+from forgetbench import distributed, engine
 from forgetbench.api import Compute, Method, ModelBundle, Task, TaskData
 from forgetbench.cache import cache_root, hash_json
 from forgetbench.checkpoint import Checkpointer, CheckpointLock, checkpoint_dir
@@ -264,17 +264,28 @@ def execute(
     is ignored): from its last checkpoint when there is one, else from the start. A run still
     alive is refused unless ``force``. A run whose (config, seed) has a checkpoint left by an
     interrupted run resumes from it automatically.
+
+    Under a launcher of several processes (``accelerate launch``), every process calls this:
+    the main one stores the run, the others train their shards and store nothing
+    (:mod:`forgetbench.distributed`); a failure on any of them marks the run failed.
     """
-    store, request, resolved, run_id, lock = _open_run(request, db, registry, resume, force)
+    opened = _open_parallel_run if distributed.launched() else _open_run
+    store, request, resolved, run_id, lock = opened(request, db, registry, resume, force)
     try:
         Run(request, resolved, store, run_id, use_checkpoint=lock is not None).execute()
     except KeyboardInterrupt as interrupt:
+        peer = distributed.peer_failure()  # the launcher stops the others when one fails
+        if peer is not None:
+            store.fail_run(run_id, peer)
+            failed = ForgetbenchError(peer)
+            failed.run_id = run_id
+            raise failed from interrupt
         signum = getattr(interrupt, "signum", signal.SIGINT)
         reason = f"interrupted ({signal.Signals(signum).name})"
         store.fail_run(run_id, reason, status="interrupted")
         raise Interrupted(signum, run_id) from interrupt
     except BaseException as error:
-        store.fail_run(run_id, f"{type(error).__name__}: {error}")
+        store.fail_run(run_id, distributed.peer_failure() or f"{type(error).__name__}: {error}")
         if isinstance(error, ForgetbenchError):
             error.run_id = run_id
         raise
@@ -315,6 +326,38 @@ def _open_run(
             lock.release()
         raise
     return store, request, resolved, run_id, lock
+
+
+def _open_parallel_run(
+    request: RunRequest | None,
+    db: str | None,
+    registry: Registry | None,
+    resume: int | None,
+    force: bool,
+) -> tuple[Any, RunRequest, ResolvedRun, int, None]:
+    """Under a launcher: every process validates the request and joins the process group; the
+    main process alone writes the run row, the others get its id (and a store that writes
+    nothing). No checkpoint: every process would have to restore the same one."""
+    if resume is not None or request is None:
+        raise ForgetbenchError("--resume is not supported for a run over several processes")
+    resolved = resolve(request, registry)
+    if resolved.train.checkpoint_every:
+        raise ForgetbenchError(
+            "checkpoint_every is not supported for a run over several processes: set"
+            " checkpoint_every=0"
+        )
+    distributed.start(engine.uses_cpu(resolved.train))
+    distributed.check_batch(resolved.train.batch_size)
+    store, run_id = distributed.WorkerStore(), None
+    try:
+        if distributed.is_main():
+            store = Store(db)
+            run_id = _start_row(store, request, resolved)
+    finally:
+        run_id = distributed.broadcast(run_id)  # None: the main process failed to start it
+    if run_id is None:
+        raise ForgetbenchError("the main process could not start the run (see its error)")
+    return store, request, resolved, run_id, None
 
 
 def _reopen_run(
@@ -400,11 +443,14 @@ class Run:
             data = self.load_data(ctx)
         with phase("preparing the prior model"), self.hub_hint():
             model = self.init_model(ctx, data)
+        main = distributed.is_main()  # under a launcher only the main process evaluates
         with phase("evaluating before fine-tuning"):
-            before = evaluate_splits(ctx, model, data)
+            before = evaluate_splits(ctx, model, data) if main else None
         with phase("setting up the methods"):
             model, sampler = self.setup_methods(ctx, model, data)
         model, curve = self.fine_tune(ctx, model, data, sampler)
+        if not main:
+            return  # and stores: the other processes are done
         with phase("evaluating after fine-tuning"):
             model = _chain(
                 self.hooks.forgetbench_finalize,
@@ -462,7 +508,8 @@ class Run:
 
     def init_model(self, ctx: RunContext, data: TaskData) -> torch.nn.Module:
         """f0 plus what the new task adds (seeded with the run seed), on the run's device."""
-        bundle = prior_bundle(self.task, ctx, data, self.request.prior_model)
+        with distributed.main_first("prior-model"):  # it builds stage 0, the others load it
+            bundle = prior_bundle(self.task, ctx, data, self.request.prior_model)
         if self.accelerator.state.mixed_precision != self.resolved.train.mixed_precision:
             # stage 0 ran under accelerate state of its own: the run's comes back
             self.accelerator = ctx.accelerator = engine.make_accelerator(self.resolved.train)
@@ -496,6 +543,7 @@ class Run:
             needs_features=any(m.needs_features for m in methods),
             label="fine-tuning",
             checkpointer=self.checkpointer,
+            sharded=True,
         )
         return loop.run(model)
 
