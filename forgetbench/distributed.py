@@ -25,6 +25,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -138,6 +139,8 @@ def shard(batch: Batch) -> Batch:
     def take(value):
         if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows:
             return value[start::step].contiguous()
+        if isinstance(value, np.ndarray) and value.ndim and value.shape[0] == rows:
+            return value[start::step].copy()  # a host copy of a row tensor (a task's own)
         return value
 
     inputs = {name: take(value) for name, value in batch.inputs.items()}

@@ -265,7 +265,10 @@ def _collectives(rank: int, port: int, out: str) -> None:
     from forgetbench.errors import ForgetbenchError
 
     distributed.start(use_cpu=True)
-    batch = Batch({"x": torch.arange(12).reshape(6, 2), "n": 7}, *[torch.arange(6)] * 3)
+    import numpy as np
+
+    inputs = {"x": torch.arange(12).reshape(6, 2), "host": np.arange(6), "n": 7}
+    batch = Batch(inputs, *[torch.arange(6)] * 3)
     mine = distributed.shard(batch)
     outputs = PerSample(mine.ids.float() / 10, mine.ids % 2 == 0, mine.ids.float() / 100)
     gathered = distributed.gather_rows(outputs)
@@ -286,6 +289,7 @@ def _collectives(rank: int, port: int, out: str) -> None:
         refused = str(error)
     result = {
         "rows": mine.inputs["x"].tolist(), "n": mine.inputs["n"], "ids": mine.ids.tolist(),
+        "host": mine.inputs["host"].tolist(), "index": mine.bookkeeping().index.tolist(),
         "loss": gathered.loss.tolist(), "success": gathered.success.tolist(),
         "shared": shared.grad.tolist(), "only_one": only_one.grad.tolist(),
         "unused": unused.grad, "forwarded": compute.forwarded,
@@ -303,6 +307,8 @@ def test_collectives_shard_gather_and_average_like_one_process(tmp_path):
     ranks = [json.loads((tmp_path / f"unit{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["rows"] == [[0, 1], [4, 5], [8, 9]]  # rows 0, 2, 4 of the batch
     assert ranks[1]["ids"] == [1, 3, 5]
+    assert ranks[1]["host"] == [1, 3, 5]  # a task's host copy of a row tensor: sharded too
+    assert ranks[1]["index"] == [1, 3, 5]  # the shard's own host bookkeeping
     assert ranks[1]["n"] == 7
     for rank in ranks:  # the global batch in its own row order, on both
         assert rank["loss"] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
