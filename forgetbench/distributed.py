@@ -54,6 +54,10 @@ def start(use_cpu: bool) -> None:
         from accelerate.state import PartialState
 
         PartialState(cpu=use_cpu, timeout=TIMEOUT)
+        if not is_main():  # one progress display: the main process's (errors still print)
+            from forgetbench.progress import stderr
+
+            stderr.quiet = True
 
 
 def active() -> bool:
