@@ -325,3 +325,29 @@ def test_offline_without_weights_says_how_to_provide_them(loaded, offline_hub):
     assert "\n" not in message
     assert "task.pretrained=FILE" in message
     assert "--online" in message
+
+
+def test_frozen_norm_stats_keep_batchnorm_in_eval_mode_while_training():
+    from forgetbench_tasks.clip.offline import ClipOfflineConfig, ClipOfflineTask
+
+    clip, _ = create_clip(register_model_config(TINY_EFFICIENTNET))
+    model = ZeroShotClassifier(clip, TINY_EFFICIENTNET, [2])
+    model.set_heads(torch.randn(2, 16), torch.randn(3, 16))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms
+    task = ClipOfflineTask(ClipOfflineConfig(freeze_bn=True))
+    bundle = SimpleNamespace(model=model)
+    task.init_new_task(None, bundle, None)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    model.train()
+    assert model.training
+    assert not any(norm.training for norm in norms)
+    model.clip.visual(torch.randn(4, 3, 32, 32))  # a training-mode forward
+    after = {k: v for k, v in model.state_dict().items() if "running" in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # the default trains BatchNorm as every other layer (its statistics follow the new data)
+    ClipOfflineTask(ClipOfflineConfig()).init_new_task(None, bundle, None)
+    model.train()
+    assert all(norm.training for norm in norms)
+    model.clip.visual(torch.randn(4, 3, 32, 32))
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)

@@ -162,9 +162,11 @@ class ZeroShotImageTask(Task):
         return ModelBundle(model, processor, identity, f"prior-model:{directory}")
 
     def init_new_task(self, ctx: RunContext, bundle: ModelBundle, data: TaskData) -> nn.Module:
-        """Freeze the text tower and the logit scale: the image tower and heads train."""
+        """Freeze the text tower and the logit scale: the image tower and heads train. With the
+        task config's ``freeze_bn``, BatchNorm keeps f0's running statistics while training."""
         for name, weight in bundle.model.named_parameters():
             weight.requires_grad_(name.startswith("clip.visual.") or name == "new_weights")
+        bundle.model.frozen_norm_stats = bool(getattr(self.config, "freeze_bn", False))
         return bundle.model
 
     # -- one step ----------------------------------------------------------------------------

@@ -117,6 +117,18 @@ class ZeroShotClassifier(nn.Module):
         self.register_buffer("class_dataset", dataset_of, persistent=False)
         self.register_buffer("class_offset", counts.cumsum(0) - counts, persistent=False)
         self.aligning = False
+        self.frozen_norm_stats = False
+
+    def train(self, mode: bool = True) -> ZeroShotClassifier:
+        """As :meth:`nn.Module.train`; with ``frozen_norm_stats`` the BatchNorm layers stay in
+        eval mode: they normalise with f0's running statistics and never update them (their
+        affine weights still train)."""
+        super().train(mode)
+        if mode and self.frozen_norm_stats:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def align_with_prompts(self, pooled: torch.Tensor, prompt_class: torch.Tensor) -> None:
         """Aligning mode: ``pooled`` [P, W] locked text features of the prompts (before the

@@ -240,6 +240,10 @@ class ClipOfflineConfig:
     stage0_steps: int = field(default=300, metadata={"help": "stage-0 steps"})
     stage0_batch_size: int = field(default=32, metadata={"help": "stage-0 images per step"})
     stage0_lr: float = field(default=3e-4, metadata={"help": "stage-0 AdamW learning rate"})
+    freeze_bn: bool = field(
+        default=False,
+        metadata={"help": "fine-tune with BatchNorm statistics fixed at f0's (docs/tasks_clip.md)"},
+    )
 
     def __post_init__(self):
         check(32 <= self.image_size <= 224, "image_size must be in [32, 224]")
