@@ -60,17 +60,29 @@ def start(use_cpu: bool) -> None:
             stderr.quiet = True
 
 
+_left: list[tuple[int, int]] = []  # (rank, size) of a process that left its group
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def size() -> int:
     """The number of processes of this run (1 without a launcher)."""
-    return dist.get_world_size() if active() else 1
+    return dist.get_world_size() if active() else (_left[0][1] if _left else 1)
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    return dist.get_rank() if active() else (_left[0][0] if _left else 0)
+
+
+def leave() -> None:
+    """Leave the process group once this process's collectives are over (an exit with the
+    group still up may abort in its threads' teardown, which the launcher would take for a
+    failure and stop the main process); rank and size stay readable."""
+    if active():
+        _left.append((rank(), size()))
+        dist.destroy_process_group()
 
 
 def is_main() -> bool:

@@ -292,6 +292,7 @@ def execute(
     finally:
         if lock is not None:
             lock.release()
+    distributed.leave()  # under a launcher: the run's collectives are over
     return run_id
 
 

@@ -296,6 +296,9 @@ def _collectives(rank: int, port: int, out: str) -> None:
         "eval": compute.eval_inference, "refused": refused,
     }  # fmt: skip
     Path(out, f"unit{rank}.json").write_text(json.dumps(result))
+    torch.distributed.barrier()  # rank 0 hosts the store: neither leaves while the other works
+    distributed.leave()
+    assert (distributed.rank(), distributed.size()) == (rank, 2)
 
 
 def test_collectives_shard_gather_and_average_like_one_process(tmp_path):
