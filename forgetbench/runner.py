@@ -350,13 +350,20 @@ def _open_parallel_run(
     distributed.start(engine.uses_cpu(resolved.train))
     distributed.check_batch(resolved.train.batch_size)
     store, run_id = distributed.WorkerStore(), None
-    try:
-        if distributed.is_main():
+    if distributed.is_main():
+        try:
             store = Store(db)
             run_id = _start_row(store, request, resolved)
-    finally:
-        run_id = distributed.broadcast(run_id)  # None: the main process failed to start it
-    if run_id is None:
+        except BaseException:
+            distributed.broadcast(None)  # the others stop too
+            raise
+    try:
+        run_id = distributed.broadcast(run_id)
+    except BaseException as error:  # a process is gone: the row must not stay running
+        if run_id is not None:
+            store.fail_run(run_id, distributed.peer_failure() or f"{type(error).__name__}: {error}")
+        raise
+    if run_id is None:  # the main process could not write the row
         raise ForgetbenchError("the main process could not start the run (see its error)")
     return store, request, resolved, run_id, None
 

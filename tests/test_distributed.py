@@ -252,6 +252,19 @@ def test_a_failure_on_another_process_marks_the_run_failed(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("built*")) == ["built0"]
 
 
+def test_a_launched_run_refuses_resume_and_checkpoints_before_storing(tmp_path, monkeypatch):
+    from forgetbench.errors import ForgetbenchError
+    from forgetbench.runner import execute
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as a launcher sets it (refused before joining)
+    db = str(tmp_path / "results.db")
+    with pytest.raises(ForgetbenchError, match="checkpoint_every is not supported"):
+        execute(request({"checkpoint_every": "5"}), db=db, registry=registry())
+    with pytest.raises(ForgetbenchError, match="--resume is not supported"):
+        execute(None, db=db, registry=registry(), resume=1)
+    assert not (tmp_path / "results.db").exists()
+
+
 def _collectives(rank: int, port: int, out: str) -> None:
     """One of two processes: the helpers' collectives on hand-made tensors."""
     os.environ.update(
