@@ -45,7 +45,7 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
         return batch.to(device)
     move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
     inputs = {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
-    return Batch(inputs, move(batch.ids), move(batch.is_prior), move(batch.index))
+    return Batch(inputs, move(batch.ids), move(batch.is_prior), move(batch.index), host=batch.host)
 
 
 def length_order(split: Split) -> np.ndarray:
