@@ -221,7 +221,9 @@ def _print_leaderboard(rows, shown: list[tuple], ci: bool, chosen: bool) -> None
 
     tables, notes = render(rows, shown, out.width, ci, chosen)
     for table in tables:  # wider than the terminal only for --columns that do not fit
-        out.print(table, width=max(out.width, table.min_width or 0), crop=False)
+        wide = table.min_width or 0  # rich clamps print(width=) to the console's: widen it
+        console = out if wide <= out.width else Console(width=wide, file=out.file)
+        console.print(table, crop=False)
     for line in notes:
         out.print(line, markup=False, highlight=False)
 

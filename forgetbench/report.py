@@ -315,7 +315,7 @@ def _table(rows: list[Row], shown: list[tuple], ci: bool, label_width: int | Non
     table.add_column("n", justify="right", no_wrap=True)
     cells = [[cell(row, key, decimals, ci) for key, _, decimals in shown] for row in rows]
     for index, (_, header, _) in enumerate(shown):
-        widest = max(len(line[index]) for line in cells)  # a number is never cropped
+        widest = max(len(header), *(len(line[index]) for line in cells))  # nothing is cropped
         table.add_column(header, justify="right", no_wrap=True, min_width=widest)
     for row, line in zip(rows, cells, strict=True):
         label = escape((("* " if row.pareto else "  ") + row.methods)[:label_width])

@@ -161,3 +161,14 @@ def test_the_view_counts_a_rerun_seed_once_and_no_failed_run(toy):
         ).fetchone()
     assert seeds == 3
     assert prior == pytest.approx(0.1)
+
+
+def test_columns_wider_than_the_terminal_keep_the_labels_and_whole_headers(toy):
+    wanted = "prior_after,new_after,forgetting,cd_rate,extra_inference,wall_seconds,compute_x"
+    output = invoke("leaderboard", "--db", toy, "--columns", wanted)
+    lines = output.splitlines()
+    assert max(len(line) for line in lines) > 80  # asked for more than fits: the table widens
+    header = next(line for line in lines if "prior/after" in line)
+    assert header.split()[:2] == ["methods", "n"]  # the labels are not squeezed out
+    assert "…" not in output  # no header cut to an ellipsis
+    assert any(line.split()[:2] in (["*", "finetune"], ["finetune", "3"]) for line in lines)
