@@ -241,7 +241,7 @@ class ClipOfflineConfig:
     stage0_batch_size: int = field(default=32, metadata={"help": "stage-0 images per step"})
     stage0_lr: float = field(default=3e-4, metadata={"help": "stage-0 AdamW learning rate"})
     freeze_bn: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "fine-tune with BatchNorm statistics fixed at f0's (docs/tasks_clip.md)"},
     )
 
@@ -268,7 +268,7 @@ class ClipOfflineTask(ZeroShotImageTask):
         " MNIST-5k and digits (zero-shot prior), fine-tuned on textile defects",
         reference="Mukhoti et al. 2023 (LDIFS protocol); Xiao et al. 2017 (Fashion-MNIST);"
         " conformal-clip-data (textile images)",
-        version="1",
+        version="2",  # 2: freeze_bn on by default (docs/tasks_clip.md)
         license="MIT (Fashion-MNIST); CC BY-SA 3.0 (MNIST); BSD (digits);"
         " conformal-clip-data's licence (textile)",
         offline=True,
