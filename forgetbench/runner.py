@@ -609,16 +609,19 @@ def _remember(key: tuple, value: Any) -> None:
 
 def loaded_data(task: Task, ctx: RunContext) -> tuple[TaskData, dict[str, str]]:
     """The task's data and its fingerprints, loaded once per process and task config; each run
-    gets its own split lists (the examples themselves are shared, read-only)."""
+    gets its own split lists (the examples themselves are shared, read-only). What ``load_data``
+    kept on the task (e.g. an image table the examples point into) comes with the data: a task
+    reusing them gets the loading task's attributes."""
     key = ("data", *_task_key(task))
     if memo_enabled() and key in _memo:
-        data, fingerprints = _memo[key]
+        data, fingerprints, state = _memo[key]
+        vars(task).update(state)
     else:
         data = task.load_data(ctx)
         fingerprints = data.fingerprints()
         if not memo_enabled():
             return data, fingerprints
-        _remember(key, (data, fingerprints))
+        _remember(key, (data, fingerprints, dict(vars(task))))
     splits = {}
     for field_name, split in zip(SPLIT_FIELDS, data.splits(), strict=True):
         splits[field_name] = copy.copy(split)

@@ -102,6 +102,28 @@ def test_runs_in_one_process_reuse_data_and_prior_without_changing_results(monke
     assert first.metrics == second.metrics == third.metrics
 
 
+def test_a_reused_load_brings_what_load_data_kept_on_the_task(monkeypatch, tmp_path):
+    """A task whose examples point into state its load_data kept (the CLIP family's image
+    table) still finds that state when a later run in the process reuses the data."""
+    original = TinyTextTask.load_data
+
+    def load_data(self, ctx):
+        data = original(self, ctx)
+        self.side_table = {e["id"]: e["label"] for split in data.splits() for e in split.examples}
+        return data
+
+    def collate(self, bundle, examples):
+        assert all(self.side_table[e["id"]] == e["label"] for e in examples)  # KeyError if lost
+        return original_collate(self, bundle, examples)
+
+    original_collate = TinyTextTask.collate
+    monkeypatch.setattr(TinyTextTask, "load_data", load_data)
+    monkeypatch.setattr(TinyTextTask, "collate", collate)
+    first = run_for_test(steps=2, directory=tmp_path)
+    second = run_for_test(steps=2, directory=tmp_path)  # a fresh task instance, data reused
+    assert first.metrics == second.metrics
+
+
 def test_another_precision_in_the_same_process():
     for precision in ("bf16", "no", "bf16"):
         accelerator = engine.make_accelerator(TrainConfig(device="cpu", mixed_precision=precision))
