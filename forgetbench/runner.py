@@ -286,7 +286,7 @@ def execute(
         raise Interrupted(signum, run_id) from interrupt
     except BaseException as error:
         store.fail_run(run_id, distributed.peer_failure() or f"{type(error).__name__}: {error}")
-        if isinstance(error, ForgetbenchError):
+        with contextlib.suppress(AttributeError):  # any failure names its row (a sweep's line)
             error.run_id = run_id
         raise
     finally:

@@ -106,6 +106,22 @@ def test_a_failed_run_is_listed_and_the_sweep_goes_on(db, monkeypatch, capsys):
     assert [r["status"] for r in Store(db).get_runs()] == ["ok", "failed"]
 
 
+def test_a_run_failing_with_any_exception_is_listed_with_its_stored_row(db, monkeypatch):
+    from forgetbench.testing import TinyTextTask
+
+    def broken(self, bundle, examples):
+        raise KeyError("image/36")  # not a ForgetbenchError: a bug in a task
+
+    monkeypatch.setattr(TinyTextTask, "collate", broken)
+    spec = SweepSpec("tiny", ["finetune"], {"steps": ["2"]}, [0], dict(SMALL))
+    lines: list[str] = []
+    result = run_sweep(spec, db, registry_factory=registry_with, echo=lines.append)
+    (outcome,) = result.outcomes
+    assert outcome.run_id == 1  # its failed row, not "no run stored"
+    assert "KeyError: 'image/36'" in outcome.error
+    assert [r["status"] for r in Store(db).get_runs()] == ["failed"]
+
+
 def test_bad_sweep_input_is_one_line_before_anything_runs(db, monkeypatch, capsys):
     use_registry(monkeypatch, REGISTRY)
     cases = {
