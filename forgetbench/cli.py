@@ -29,6 +29,9 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 STATE = {"debug": False}
+TaskNameOption = Annotated[str, typer.Option("--task", "-t", help="task name")]
+ResamplesOption = Annotated[int, typer.Option(help="bootstrap resamples")]
+BootstrapSeedOption = Annotated[int, typer.Option(help="seed of the bootstrap")]
 DbOption = Annotated[
     str | None,
     typer.Option(
@@ -403,7 +406,7 @@ def sweep(
         list[str],
         typer.Option("--method", "-m", help="a method, or a stack (mixcd+wise-ft); repeat"),
     ],
-    task: Annotated[str, typer.Option("--task", "-t", help="task name")] = "wordnet",
+    task: TaskNameOption = "wordnet",
     grid: Annotated[
         list[str] | None,
         typer.Option(
@@ -475,9 +478,9 @@ WiseFtGridOption = Annotated[
 def compare(
     method_a: Annotated[str, typer.Argument(help="a method (stack), e.g. mixcd")],
     method_b: Annotated[str, typer.Argument(help="the method to compare it with, e.g. random")],
-    task: Annotated[str, typer.Option("--task", "-t", help="task name")] = "wordnet",
-    resamples: Annotated[int, typer.Option(help="bootstrap resamples")] = 2000,
-    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    task: TaskNameOption = "wordnet",
+    resamples: ResamplesOption = 2000,
+    seed: BootstrapSeedOption = 0,
     reference: Annotated[
         str | None,
         typer.Option(help="reference point PRIOR,NEW of the frontier score (default: nadir)"),
@@ -507,9 +510,9 @@ def compare(
 def budget(
     method_a: Annotated[str, typer.Argument(help="the method to match, e.g. mixcd")],
     method_b: Annotated[str, typer.Argument(help="the method whose samples count, e.g. random")],
-    task: Annotated[str, typer.Option("--task", "-t", help="task name")] = "wordnet",
-    resamples: Annotated[int, typer.Option(help="bootstrap resamples")] = 2000,
-    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    task: TaskNameOption = "wordnet",
+    resamples: ResamplesOption = 2000,
+    seed: BootstrapSeedOption = 0,
     db: DbOption = None,
 ):
     """How many rehearsed samples B needs to reach each A config's prior/after (the ratio)."""
