@@ -2,25 +2,39 @@
 "Why seed 0 collapses" table.
 
 Usage: python scripts/wordnet_seed_probe.py DB VARIANTS SEEDS
-  VARIANTS: JSON [[label, head, {--set overrides}], ...]; head is default | zero (the new head
-  starts at zero) | nodropout (every dropout off); e.g. '[["lr5e-5", "default", {"lr": "5e-5"}]]'
+  VARIANTS: JSON [[label, head, {--set overrides}, order_seed?], ...]; head is default | zero
+  (the new head starts at zero) | nodropout (every dropout off); order_seed, when given, draws
+  the new-task batch order as that seed would (the rest from the run's seed);
+  e.g. '[["lr5e-5", "default", {"lr": "5e-5"}], ["order1", "default", {}, 1]]'
   SEEDS: comma-separated, e.g. 0,1,2
 Prints prior/after and new/after per seed, and the forgetting's mean and std per variant.
 """
 
+import hashlib
 import json
 import statistics
 import sys
 import time
 
+import numpy as np
 from torch import nn
 
 from forgetbench import runner
+from forgetbench.context import RunContext
 from forgetbench.store import Store
 from forgetbench_tasks.text_classification import base
 
 ORIGINAL_ADD_HEAD = base.EncoderClassifier.add_head
-MODE = {"head": "default"}
+ORIGINAL_GENERATOR = RunContext.generator
+MODE = {"head": "default", "order_seed": None}
+
+
+def generator(self, purpose: str) -> np.random.Generator:
+    """As RunContext.generator; the engine's new-task order ("batches") from ``order_seed``."""
+    if purpose != "batches" or MODE["order_seed"] is None:
+        return ORIGINAL_GENERATOR(self, purpose)
+    digest = hashlib.sha256(f"{MODE['order_seed']}:{purpose}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
 def add_head(self, name, num_labels):
@@ -36,9 +50,10 @@ def add_head(self, name, num_labels):
 
 def main(db: str, variants: list, seeds: list[int]) -> None:
     base.EncoderClassifier.add_head = add_head
+    RunContext.generator = generator
     store = Store(db)
-    for label, head, overrides in variants:
-        MODE["head"] = head
+    for label, head, overrides, *order_seed in variants:
+        MODE["head"], MODE["order_seed"] = head, (order_seed or [None])[0]
         forgetting = []
         for seed in seeds:
             started = time.time()
