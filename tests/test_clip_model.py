@@ -345,8 +345,9 @@ def test_frozen_norm_stats_keep_batchnorm_in_eval_mode_while_training():
     model.clip.visual(torch.randn(4, 3, 32, 32))  # a training-mode forward
     after = {k: v for k, v in model.state_dict().items() if "running" in k}
     assert all(torch.equal(before[k], after[k]) for k in before)
-    # the default trains BatchNorm as every other layer (its statistics follow the new data)
-    ClipOfflineTask(ClipOfflineConfig()).init_new_task(None, bundle, None)
+    assert ClipOfflineConfig().freeze_bn  # the default since clip-offline version 2
+    # freeze_bn=false trains BatchNorm as every other layer (its statistics follow the new data)
+    ClipOfflineTask(ClipOfflineConfig(freeze_bn=False)).init_new_task(None, bundle, None)
     model.train()
     assert all(norm.training for norm in norms)
     model.clip.visual(torch.randn(4, 3, 32, 32))
