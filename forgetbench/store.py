@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -244,7 +245,9 @@ def _sqlite_tables(path: str) -> set[str]:
     turns out not to be ours must be left exactly as it was, so it is inspected read-only first.
     """
     try:
-        with contextlib.closing(sqlite3.connect(_sqlite_uri(path), uri=True)) as connection:
+        patience = SQLITE_PATIENCE_MS / 1000  # a locked file is waited for, as by the engine
+        connect = sqlite3.connect(_sqlite_uri(path), uri=True, timeout=patience)
+        with contextlib.closing(connect) as connection:
             rows = connection.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             )
@@ -301,11 +304,31 @@ def _finite(value: Any) -> bool:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets readers run beside one writer; the busy timeout makes writers queue, not fail.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=60000")
+    # The busy timeout first: writers (and the WAL switch below) queue instead of failing.
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_PATIENCE_MS}")
+    # WAL lets readers run beside one writer. The mode is stored in the file, so only the
+    # first connections to a new store switch it; the others find it on.
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        _switch_to_wal(cursor)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+SQLITE_PATIENCE_MS = 60_000
+
+
+def _switch_to_wal(cursor) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while other processes hold the new file's lock (the
+    switch needs it exclusively, and SQLite can answer "locked" without waiting)."""
+    deadline = time.monotonic() + SQLITE_PATIENCE_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class Store:

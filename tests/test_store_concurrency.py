@@ -93,3 +93,24 @@ def test_eight_processes_write_one_store(store_url, tmp_path):
             "new/after/f1": 0.5,
         }
         assert len(store.get_series(run["id"], "loss")) == STEPS
+
+
+def test_opening_a_store_waits_out_a_lock_longer_than_sqlite3s_default_timeout(tmp_path):
+    """The busy timeout is set before the WAL switch: a new store whose file another process
+    holds locked for longer than sqlite3's default 5 s wait opens once the lock is released."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "busy.db"
+    holder = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(6.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        started = time.monotonic()
+        store = Store(str(path))
+        assert time.monotonic() - started >= 6.0  # it waited for the lock rather than failing
+        assert store.applied_migrations()
+    finally:
+        release.join()
+        holder.close()
