@@ -1,16 +1,44 @@
 """Evaluation of both splits and the metrics derived from before/after, the same for every
 family: forgetting and gain of the task's main metrics, and the collateral-damage rate from
-per-example success."""
+per-example success. The prior split's evaluation before fine-tuning is cached on disk, keyed
+by f0's state (:func:`evaluate_before`)."""
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from forgetbench.api import EvalResult, TaskData, TaskMetadata
+from forgetbench.api import EvalResult, Split, TaskData, TaskMetadata
+from forgetbench.cache import cached_dir, hash_json
+from forgetbench.config import config_dict
 from forgetbench.context import RunContext
 from forgetbench.errors import ForgetbenchError
 from forgetbench.store import Metric
+
+EVAL_CACHE_OFF_ENV = "FORGETBENCH_NO_EVAL_CACHE"
+EVAL_CACHE_KIND = "prior-eval"
+
+
+def evaluate_split(ctx: RunContext, model: torch.nn.Module, split: Split) -> EvalResult:
+    """The task's evaluation of ``model`` on one split, its per-example results checked."""
+    result = ctx.task.evaluate(ctx, model, split)
+    if len(result.success) != len(split):
+        raise ForgetbenchError(
+            f"task {ctx.task.metadata.name!r}: evaluate gave {len(result.success)}"
+            f" per-example results for {len(split)} {split.name} examples"
+        )
+    return result
 
 
 def evaluate_splits(
@@ -18,17 +46,242 @@ def evaluate_splits(
 ) -> dict[str, EvalResult]:
     """The task's evaluation of ``model`` (eval mode, inference mode) on both eval splits."""
     model.eval()
-    results = {}
     with torch.inference_mode():
-        for split, examples in (("prior", data.prior_eval), ("new", data.new_eval)):
-            result = ctx.task.evaluate(ctx, model, examples)
-            if len(result.success) != len(examples):
-                raise ForgetbenchError(
-                    f"task {ctx.task.metadata.name!r}: evaluate gave {len(result.success)}"
-                    f" per-example results for {len(examples)} {examples.name} examples"
-                )
-            results[split] = result
-    return results
+        return {
+            "prior": evaluate_split(ctx, model, data.prior_eval),
+            "new": evaluate_split(ctx, model, data.new_eval),
+        }
+
+
+def evaluate_before(
+    ctx: RunContext, model: torch.nn.Module, data: TaskData
+) -> tuple[dict[str, EvalResult], str]:
+    """Both splits before fine-tuning, and where the prior split's result came from: ``hit``
+    (the cache), ``miss`` (evaluated, then cached) or ``off`` (evaluated, not cached).
+
+    The prior split's result depends on f0 alone, not on the run seed, the methods or the new
+    task's fresh parameters: it is cached keyed by everything that can change it
+    (:func:`prior_eval_key`). Its compute counts as evaluation inference whether served from
+    the cache or not, and it runs with the random generators' state saved and restored, so a
+    hit leaves the run exactly where a miss would. The new split is evaluated every run."""
+    model.eval()
+    with torch.inference_mode():
+        prior, status = _prior_before(ctx, model, data)
+        return {"prior": prior, "new": evaluate_split(ctx, model, data.new_eval)}, status
+
+
+def eval_cache_enabled(ctx: RunContext) -> bool:
+    """On unless ``FORGETBENCH_NO_EVAL_CACHE`` is set (not 0) or the task sets
+    ``cache_prior_before = False``."""
+    off = os.environ.get(EVAL_CACHE_OFF_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return not off and getattr(ctx.task, "cache_prior_before", True)
+
+
+def _prior_before(
+    ctx: RunContext, model: torch.nn.Module, data: TaskData
+) -> tuple[EvalResult, str]:
+    split = data.prior_eval
+    key = prior_eval_key(ctx, model, data) if eval_cache_enabled(ctx) else None
+    if key is None:
+        return _isolated(ctx, model, split)[0], "off"
+    fresh: list[EvalResult] = []
+
+    def build(directory: Path) -> dict:
+        result, spent = _isolated(ctx, model, split)
+        fresh.append(result)
+        np.save(directory / "success.npy", result.success, allow_pickle=False)
+        if result.score is not None:
+            np.save(directory / "score.npy", result.score, allow_pickle=False)
+        document = {"metrics": result.metrics, "compute": spent, "size": len(split)}
+        (directory / "result.json").write_text(json.dumps(document, indent=1))
+        return {"task": ctx.task.metadata.name, "split": split.name, "size": len(split)}
+
+    entry = cached_dir(EVAL_CACHE_KIND, key, build)
+    if fresh:
+        return fresh[0], "miss"
+    document = json.loads((entry / "result.json").read_text())
+    success = np.load(entry / "success.npy", allow_pickle=False)
+    score = (
+        np.load(entry / "score.npy", allow_pickle=False) if (entry / "score.npy").exists() else None
+    )
+    if len(success) != len(split) or document["size"] != len(split):
+        raise ForgetbenchError(f"cache entry {entry} does not fit {split.name}: delete it")
+    for name, count in document["compute"].items():  # the protocol's cost, cached or not
+        setattr(ctx.compute, name, getattr(ctx.compute, name) + count)
+    return EvalResult(document["metrics"], success, score), "hit"
+
+
+def _isolated(
+    ctx: RunContext, model: torch.nn.Module, split: Split
+) -> tuple[EvalResult, dict[str, int]]:
+    """The prior split's evaluation as the cache stores it (metrics as JSON numbers, success as
+    booleans), with the compute it counted; Python's, numpy's and torch's random state are
+    restored afterwards (a hit, which runs nothing, must leave them the same)."""
+    counted = dataclasses.asdict(ctx.compute)
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [ctx.device] if torch.device(ctx.device).type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            result = evaluate_split(ctx, model, split)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    spent = {
+        name: value - counted[name]
+        for name, value in dataclasses.asdict(ctx.compute).items()
+        if name != "wall_seconds" and value != counted[name]
+    }
+    metrics = json.loads(json.dumps(result.metrics, default=float))
+    success = np.asarray(result.success, dtype=bool)
+    score = None if result.score is None else np.asarray(result.score)
+    return EvalResult(metrics, success, score), spent
+
+
+def prior_eval_key(ctx: RunContext, model: torch.nn.Module, data: TaskData) -> str | None:
+    """The cache key of the prior split's evaluation before fine-tuning: the task (class,
+    name, version, config, source code), the split's contents, the prior model (its bundle's
+    identity and extras, and a digest of every ``state_dict`` entry and buffer but the
+    parameters ``init_new_task`` added) and what can change the numbers (evaluation batch,
+    precision, device, threads, TF32 and determinism flags, installed package versions).
+    None (no caching) when f0's state cannot be hashed or no f0 parameter is left."""
+    try:
+        state = prior_state_digest(model, ctx.new_param_names)
+    except (RuntimeError, TypeError, ValueError) as error:
+        ctx.logger.info("prior evaluation not cached: f0's state cannot be hashed (%s)", error)
+        return None
+    if state is None:
+        return None
+    task, bundle = ctx.task, ctx.bundle
+    cls = type(task)
+    return hash_json(
+        {
+            "v": 1,
+            "task": [cls.__module__, cls.__qualname__, task.metadata.name, task.metadata.version],
+            "config": config_dict(task.config) if task.config is not None else None,
+            "source": source_digest(tuple(_packages(cls))),
+            "split": [data.prior_eval.name, data.prior_eval.fingerprint(), data.provenance],
+            "model": [bundle.identity, bundle.source, _value_digest(bundle.extras)]
+            if bundle
+            else None,
+            "state": state,
+            "settings": evaluation_settings(ctx),
+        }
+    )
+
+
+def prior_state_digest(model: torch.nn.Module, exclude: frozenset[str]) -> str | None:
+    """sha256 over the names, dtypes, shapes and bytes of ``model``'s state (``state_dict``
+    and buffers) but the entries named in ``exclude``; None when no parameter is left."""
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    state = {**dict(model.named_buffers()), **model.state_dict(keep_vars=True)}
+    digest, kept = hashlib.sha256(), 0
+    for name in sorted(state):
+        if name in exclude:
+            continue
+        kept += name in parameters
+        digest.update(name.encode() + b"\0")
+        _tensor_digest(digest, state[name])
+    return digest.hexdigest() if kept else None
+
+
+def _tensor_digest(digest, tensor: torch.Tensor) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"a state entry is a {type(tensor).__name__}, not a tensor")
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    digest.update(f"{flat.dtype}|{tuple(tensor.shape)}\0".encode())
+    digest.update(flat.view(torch.uint8).numpy())  # any dtype, bf16 included, as raw bytes
+
+
+def _value_digest(value) -> str:
+    """A digest of a bundle's extras: tensors and arrays by their bytes, the rest as JSON."""
+    digest = hashlib.sha256()
+
+    def walk(item) -> None:
+        if isinstance(item, torch.Tensor):
+            _tensor_digest(digest, item)
+        elif isinstance(item, np.ndarray):
+            _tensor_digest(digest, torch.from_numpy(np.ascontiguousarray(item)))
+        elif isinstance(item, dict):
+            for key in sorted(item, key=str):
+                digest.update(f"{key!s}\0".encode())
+                walk(item[key])
+        elif isinstance(item, list | tuple):
+            digest.update(f"[{len(item)}\0".encode())
+            for element in item:
+                walk(element)
+        else:
+            digest.update(json.dumps(item, default=repr).encode() + b"\0")
+
+    walk(value)
+    return digest.hexdigest()
+
+
+def evaluation_settings(ctx: RunContext) -> dict:
+    """What can change an evaluation's numbers besides the model and the data."""
+    device = torch.device(ctx.device)
+    accelerator = ctx.accelerator
+    settings = {
+        "device": device.type,
+        "eval_batch_size": ctx.train.eval_batch_size,
+        "precision": accelerator.state.mixed_precision
+        if accelerator
+        else ctx.train.mixed_precision,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "fp32": [
+            torch.backends.cuda.matmul.fp32_precision,
+            torch.backends.cudnn.conv.fp32_precision,
+        ],
+        "threads": torch.get_num_threads(),
+        "cpu": [platform.machine(), torch.backends.cpu.get_cpu_capability()],
+        "packages": installed_packages(),
+    }
+    if device.type == "cuda":
+        settings["gpu"] = [
+            torch.cuda.get_device_name(device),
+            list(torch.cuda.get_device_capability(device)),
+            torch.version.cuda,
+            torch.backends.cudnn.version(),
+        ]
+    return settings
+
+
+@functools.cache
+def installed_packages() -> tuple[str, ...]:
+    """``name==version`` of every installed distribution (read once per process)."""
+    names = {
+        f"{(d.metadata['Name'] or '').lower()}=={d.version}"
+        for d in importlib.metadata.distributions()
+    }
+    return (f"python=={platform.python_version()}", *sorted(names))
+
+
+def _packages(cls: type) -> list[str]:
+    """The top-level packages (or modules) that define ``cls`` and its bases, and the core."""
+    tops = {klass.__module__.split(".")[0] for klass in cls.__mro__}
+    return sorted((tops - {"builtins", "abc"}) | {"forgetbench"})
+
+
+@functools.cache
+def source_digest(packages: tuple[str, ...]) -> str:
+    """sha256 over the ``.py`` files of these packages as they are on disk (read once per
+    process): a task or core edit that does not bump a version still changes the key."""
+    digest = hashlib.sha256()
+    for name in packages:
+        module = sys.modules.get(name)
+        paths = getattr(module, "__path__", None)
+        if paths:
+            files = sorted(
+                f
+                for root in paths
+                for f in Path(root).rglob("*.py")
+                if "__pycache__" not in f.parts
+            )
+        else:
+            files = [Path(module.__file__)] if getattr(module, "__file__", None) else []
+        digest.update(f"{name}:{len(files)}\0".encode())
+        for file in files:
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
 
 
 def flat(results: dict[str, EvalResult]) -> dict[str, float]:

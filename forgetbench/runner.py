@@ -31,7 +31,7 @@ from forgetbench.config import (
 )
 from forgetbench.context import RunContext
 from forgetbench.errors import ForgetbenchError, Interrupted
-from forgetbench.evaluation import derived_metrics, evaluate_splits, flat
+from forgetbench.evaluation import derived_metrics, evaluate_before, evaluate_splits, flat
 from forgetbench.prior import prepare_prior
 from forgetbench.progress import phase
 from forgetbench.provenance import git_sha, package_versions
@@ -453,7 +453,7 @@ class Run:
             model = self.init_model(ctx, data)
         main = distributed.is_main()  # under a launcher only the main process evaluates
         with phase("evaluating before fine-tuning"):
-            before = evaluate_splits(ctx, model, data) if main else None
+            before = self.evaluate_before(ctx, model, data) if main else None
         with phase("setting up the methods"):
             model, sampler = self.setup_methods(ctx, model, data)
         model, curve = self.fine_tune(ctx, model, data, sampler)
@@ -528,6 +528,16 @@ class Run:
         new_names = frozenset(n for n, _ in model.named_parameters() if n not in shared)
         ctx.attach(bundle, new_names, data.prior_train)
         return model
+
+    def evaluate_before(self, ctx: RunContext, model: torch.nn.Module, data: TaskData) -> dict:
+        """Both eval splits before fine-tuning (the prior split's from the cache where it is
+        f0's own, :func:`~forgetbench.evaluation.evaluate_before`); the run's versions record
+        ``prior_before_cache``: ``hit``, ``miss`` or ``off``."""
+        before, status = evaluate_before(ctx, model, data)
+        log.info("the prior split's evaluation before fine-tuning: cache %s", status)
+        versions = (self.store.get_run(self.run_id) or {}).get("versions") or {}
+        self.store.update_run(self.run_id, versions={**versions, "prior_before_cache": status})
+        return before
 
     def setup_methods(self, ctx: RunContext, model: torch.nn.Module, data: TaskData):
         """Setup hooks, then the prior sampler (it must see f0 unchanged), then wrappers."""
