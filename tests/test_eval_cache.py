@@ -2,8 +2,10 @@
 gives the same stored run as a miss and as a run with the cache off (metrics, cd_rate, compute
 counts, curve), and anything that changes f0's state or the task's config misses."""
 
+import random
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -30,12 +32,15 @@ class CountingTiny(TinyTextTask):
 
     def evaluate(self, ctx, model, split):
         CountingTiny.calls.append(split.name)
+        # draws from every global generator (as a sampling decoder would): skipping the
+        # evaluation on a hit must still leave LoRA's initialisation, drawn next, unchanged
+        torch.rand(1), np.random.random(), random.random()
         return super().evaluate(ctx, model, split)
 
 
-def run(tmp_path, name: str, **kwargs: Any):
+def run(tmp_path, name: str, *methods: str, **kwargs: Any):
     CountingTiny.calls.clear()
-    result = run_for_test(task=CountingTiny, steps=4, directory=tmp_path / name, **kwargs)
+    result = run_for_test(*methods, task=CountingTiny, steps=4, directory=tmp_path / name, **kwargs)
     assert result.run["status"] == "ok"
     return result, list(CountingTiny.calls)
 
@@ -62,16 +67,16 @@ def _defaults(monkeypatch):
 def test_a_hit_stores_the_same_run_as_a_miss_and_as_the_cache_off(
     tmp_path, isolated_cache, monkeypatch
 ):
-    cold, cold_calls = run(tmp_path, "cold", seed=3)
+    cold, cold_calls = run(tmp_path, "cold", "lora", seed=3)
     assert cold_calls.count("prior_eval") == 2
     assert cold_calls.count("new_eval") == 2
     assert len(entries(isolated_cache)) == 1
-    warm, warm_calls = run(tmp_path, "warm", seed=3)
+    warm, warm_calls = run(tmp_path, "warm", "lora", seed=3)
     # the prior split is evaluated after fine-tuning only; the new split still both times
     assert warm_calls.count("prior_eval") == 1
     assert warm_calls.count("new_eval") == 2
     monkeypatch.setenv(EVAL_CACHE_OFF_ENV, "1")
-    off, off_calls = run(tmp_path, "off", seed=3)
+    off, off_calls = run(tmp_path, "off", "lora", seed=3)
     assert off_calls.count("prior_eval") == 2
     assert len(entries(isolated_cache)) == 1
     assert [r.run["versions"]["prior_before_cache"] for r in (cold, warm, off)] == [
@@ -112,6 +117,15 @@ def test_a_changed_f0_or_task_config_misses(tmp_path, isolated_cache, monkeypatc
     assert calls.count("prior_eval") == 2
     assert other.run["versions"]["prior_before_cache"] == "miss"
     assert len(entries(isolated_cache)) == 3
+
+
+def test_a_task_can_opt_out(tmp_path, isolated_cache, monkeypatch):
+    monkeypatch.setattr(CountingTiny, "cache_prior_before", False, raising=False)
+    for name in ("a", "b"):
+        result, calls = run(tmp_path, name, seed=0)
+        assert calls.count("prior_eval") == 2
+        assert result.run["versions"]["prior_before_cache"] == "off"
+    assert entries(isolated_cache) == []
 
 
 class Tiny(nn.Module):
