@@ -77,10 +77,14 @@ def rank() -> int:
 
 
 def leave() -> None:
-    """Leave the process group once this process's collectives are over (an exit with the
-    group still up may abort in its threads' teardown, which the launcher would take for a
-    failure and stop the main process); rank and size stay readable."""
+    """Leave the process group together once the run is over: every process waits at a
+    barrier (the others for the main process to evaluate and store), then destroys the group;
+    rank and size stay readable. Both halves matter: a process that exits with the group
+    still up, or destroys it while a peer is still finishing a collective with it, may abort
+    in gloo's thread teardown ("terminate called without an active exception"), which the
+    launcher takes for a failure and answers by stopping the main process before it stores."""
     if active():
+        dist.barrier()
         _left.append((rank(), size()))
         dist.destroy_process_group()
 

@@ -292,7 +292,7 @@ def execute(
     finally:
         if lock is not None:
             lock.release()
-    distributed.leave()  # under a launcher: the run's collectives are over
+    distributed.leave()  # under a launcher: all processes leave once the main one stored
     return run_id
 
 

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -149,9 +150,14 @@ def state() -> dict:
 
 
 def worker(db: str, out: str, extra: list[str]) -> None:
-    """One launched process: the run, then what its methods saw (``out/rank<r>.json``)."""
+    """One launched process: the run, then what its methods saw (``out/rank<r>.json``). It
+    answers SIGTERM as ``forgetbench run`` does (the launcher stops the main process that way
+    when another fails; without the handler that stop could kill it before it marks the row)."""
     from forgetbench import distributed
+    from forgetbench.cli import _interrupt
     from forgetbench.runner import execute
+
+    signal.signal(signal.SIGTERM, _interrupt)
 
     settings = dict(item.split("=", 1) for item in extra)
     os.environ["FORGETBENCH_TEST_OUT"] = out
@@ -309,8 +315,7 @@ def _collectives(rank: int, port: int, out: str) -> None:
         "eval": compute.eval_inference, "refused": refused,
     }  # fmt: skip
     Path(out, f"unit{rank}.json").write_text(json.dumps(result))
-    torch.distributed.barrier()  # rank 0 hosts the store: neither leaves while the other works
-    distributed.leave()
+    distributed.leave()  # a barrier first: rank 0 hosts the store, neither leaves early
     assert (distributed.rank(), distributed.size()) == (rank, 2)
 
 
