@@ -10,7 +10,7 @@
 
 ``--quick`` uses a small configuration (2,000 prior-train and 500 prior-eval glosses, 20
 stage-0 steps, 10 fine-tuning steps); without it, the scenario's defaults (100 steps; stage 0
-is 500 steps the first time: minutes on a GPU, about ten on a 2-core CPU).
+is 250 steps the first time: a minute on a GPU, about four on a 2-core CPU).
 
     .venv/bin/python -m bench.bench_run [--quick] [--device auto|cpu|cuda]
 """
