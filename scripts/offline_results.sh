@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce docs/results.md's `wordnet` tables: every builtin method at its default over seeds
-# 0-4, then rehearsal at a second mix ratio, FLOW without its probe start and LDIFS/L2-SP at
-# stronger settings, then the leaderboard, the comparisons and
-# the plot. Two worker processes of one torch thread each (about 2 minutes a run each on a
-# 2-core CPU: about 2 hours 15 minutes in all; the first runs also build stage 0 and the prior
-# caches). Finished runs are skipped, so an interrupted script continues where it stopped.
+# 0-4; rehearsal at a second mix ratio, FLOW without its probe start and LDIFS/L2-SP at stronger
+# settings; then the leaderboard, the comparisons and the plot. Two worker processes of one
+# torch thread each (about 2 minutes a run each on a 2-core CPU: about 2 hours 15 minutes in
+# all; the first runs also build stage 0 and the prior caches). Finished runs are skipped, so an
+# interrupted script continues where it stopped.
 #
 #   scripts/offline_results.sh [DB]     (default: offline-results.db)
 set -euo pipefail
