@@ -61,6 +61,7 @@ __all__ = [
     "hash_file",
     "hash_json",
     "hookimpl",
+    "load_entries",
     "masked_mean",
     "pad_logits",
     "phase",
@@ -513,6 +514,26 @@ def plugin_cache(
     meta = ctx.task.metadata
     full = {"prior": ctx.bundle.identity, "task": [meta.name, meta.version], "key": key}
     return cached_dir(f"plugin-{plugin}", hash_json(full), build)
+
+
+def load_entries(
+    model: torch.nn.Module, entries: dict[str, torch.Tensor], what: str, remedy: str
+) -> None:
+    """Copy ``entries`` (``model.state_dict()`` names -> tensors, e.g. a fitted head from
+    :meth:`Task.reference_head`) into ``model`` in place, cast to each entry's device and dtype.
+
+    A name the model lacks or a shape that differs is one :class:`ForgetbenchError`: ``what``
+    (whose entries), the name and shape, then ``remedy`` (what the user can do); nothing is
+    copied then."""
+    state = model.state_dict()
+    for name, value in entries.items():
+        if name not in state or state[name].shape != value.shape:
+            raise ForgetbenchError(
+                f"{what} {name} {tuple(value.shape)} does not fit the model; {remedy}"
+            )
+    with torch.no_grad():
+        for name, value in entries.items():
+            state[name].copy_(value.to(state[name].device, state[name].dtype))
 
 
 def pad_logits(size: int, parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

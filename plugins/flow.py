@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from forgetbench.api import ForgetbenchError, Method, cached_dir, check, hash_json, hookimpl
+from forgetbench.api import Method, cached_dir, check, hash_json, hookimpl, load_entries
 
 
 @dataclass
@@ -93,16 +93,7 @@ def reference_losses(ctx, model, split) -> torch.Tensor:
 
 def load_head(model: torch.nn.Module, head: dict[str, torch.Tensor]) -> None:
     """Copy the probe into the model's fresh head (state-dict names and shapes must match)."""
-    state = model.state_dict()
-    for name, value in head.items():
-        if name not in state or state[name].shape != value.shape:
-            raise ForgetbenchError(
-                f"flow: the task's probe head {name} {tuple(value.shape)} does not fit the"
-                " model; set flow.probe_init=false"
-            )
-    with torch.no_grad():
-        for name, value in head.items():
-            state[name].copy_(value.to(state[name].device, state[name].dtype))
+    load_entries(model, head, "flow: the task's probe head", "set flow.probe_init=false")
 
 
 class Flow(Method):

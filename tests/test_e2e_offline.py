@@ -94,3 +94,25 @@ def test_cli_errors_are_one_line_and_nonzero(env):
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1, (args, result.stderr)
         assert message in lines[0]
+
+
+@pytest.mark.slow
+def test_lp_ft_starts_from_a_probe_that_already_knows_the_new_task(env):
+    """After four steps at batch 8 from a random head, plain fine-tuning has learnt little of
+    the new task (0.25 here); a probe on f0's features already classifies chatterbot topics
+    (0.71). Same seed, same batches, same budget."""
+    runs = {}
+    for method in ("finetune", "lp-ft"):
+        done = cli("run", "--task", "wordnet", "--method", method, "--seed", "1", *SMALL, env=env)
+        assert done.returncode == 0, done.stderr
+        run_id = len(runs) + 1
+        shown = cli("show", str(run_id), "--json", env=env)
+        runs[method] = json.loads(shown.stdout)
+    plain, probed = runs["finetune"], runs["lp-ft"]
+    assert probed["status"] == "ok"
+    assert probed["methods"].startswith("lp-ft ")
+    new_before = plain["metrics"]["new/before/accuracy"]
+    assert probed["metrics"]["new/before/accuracy"] == new_before  # evaluated before setup
+    assert probed["metrics"]["new/after/accuracy"] > plain["metrics"]["new/after/accuracy"] + 0.3
+    assert probed["compute"]["extra_inference"] > 0
+    assert plain["compute"]["extra_inference"] == 0

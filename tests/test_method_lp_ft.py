@@ -1,0 +1,76 @@
+"""lp-ft: the task's probe loaded into the fresh head, its pass charged and cached, the clear
+failure on a task without a fresh head (the real run: tests/test_e2e_offline.py)."""
+
+import pytest
+import torch
+from method_helpers import run_tiny, tiny_context, tiny_model
+
+from forgetbench.errors import ForgetbenchError
+from forgetbench.store import Store
+from forgetbench_plugins.lp_ft import LPFT
+
+
+def probe_head(model, fill: float) -> dict[str, torch.Tensor]:
+    head = model.heads["new"]
+    return {
+        "heads.new.weight": torch.full_like(head.weight, fill),
+        "heads.new.bias": torch.full_like(head.bias, -fill),
+    }
+
+
+def test_setup_starts_the_fresh_head_from_the_probe_charges_the_pass_and_caches_it(
+    isolated_cache,
+):
+    model, names = tiny_model()
+    ctx, data = tiny_context(names, model)
+    fitted = []
+
+    def reference_head(ctx, model, split):
+        fitted.append(split.name)
+        assert not model.training  # the probe reads f0's features in eval mode
+        return probe_head(model, 0.25)
+
+    ctx.task.reference_head = reference_head
+    model.train()
+    LPFT().forgetbench_setup(ctx=ctx, model=model, data=data)
+    assert model.training  # left as it was
+    assert fitted == [data.new_train.name]
+    assert torch.equal(model.heads["new"].weight, torch.full_like(model.heads["new"].weight, 0.25))
+    assert torch.equal(model.heads["new"].bias, torch.full_like(model.heads["new"].bias, -0.25))
+    assert ctx.compute.extra_inference == len(data.new_train)
+    assert len(list((isolated_cache / "plugin-lp-ft").iterdir())) == 1
+
+    # another seed's fresh head: the probe comes from the cache, and the run pays the same
+    other, _ = tiny_model()
+    other.load_state_dict(model.state_dict())
+    torch.nn.init.normal_(other.heads["new"].weight)
+    LPFT().forgetbench_setup(ctx=ctx, model=other, data=data)
+    assert fitted == [data.new_train.name]
+    assert torch.equal(other.heads["new"].weight, model.heads["new"].weight)
+    assert ctx.compute.extra_inference == 2 * len(data.new_train)
+
+
+def test_a_task_without_a_fresh_head_is_one_clear_error_and_caches_nothing(isolated_cache):
+    model, names = tiny_model()
+    ctx, data = tiny_context(names, model)
+    assert ctx.task.reference_head(ctx, model, data.new_train) is None
+    before = model.heads["new"].weight.clone()
+    with pytest.raises(ForgetbenchError, match=r"no fresh new-task head .* use --method finetune"):
+        LPFT().forgetbench_setup(ctx=ctx, model=model, data=data)
+    assert torch.equal(model.heads["new"].weight, before)
+    assert not list((isolated_cache / "plugin-lp-ft").glob("[!.]*"))
+
+
+def test_a_probe_that_does_not_fit_the_model_is_one_clear_error(isolated_cache):
+    model, names = tiny_model()
+    ctx, data = tiny_context(names, model)
+    ctx.task.reference_head = lambda ctx, model, split: {"heads.new.weight": torch.zeros(2, 2)}
+    with pytest.raises(ForgetbenchError, match=r"heads\.new\.weight \(2, 2\) does not fit"):
+        LPFT().forgetbench_setup(ctx=ctx, model=model, data=data)
+
+
+def test_a_failed_lp_ft_run_keeps_its_row_as_failed(db):
+    with pytest.raises(ForgetbenchError, match="lp-ft: task 'tiny' has no fresh new-task head"):
+        run_tiny(db, ["lp-ft"])
+    (run,) = Store(db, read_only=True).get_runs()
+    assert run["status"] == "failed"
