@@ -492,7 +492,7 @@ class Task(ABC):
     ) -> dict[str, torch.Tensor] | None:
         """The fresh new-task head set to the probe :meth:`reference_losses` fits, as entries
         of ``model.state_dict()`` (FLOW's ``probe_init`` starts fine-tuning from it, as the
-        authors' code does). None: the new task has no fresh head."""
+        authors' code does, and so does ``lp-ft``). None: the new task has no fresh head."""
         return None
 
 
