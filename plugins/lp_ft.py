@@ -62,8 +62,11 @@ class LPFT(Method):
             save_file(tensors, str(directory / "probe.safetensors"))
             return {"split": split.name, "size": len(split)}
 
+        # one pass over the split whether build ran (the task's probe counts its own pass) or
+        # the cache hit: set, not added, so that a build is not charged twice
+        charged = ctx.compute.extra_inference + len(split)
         entry = plugin_cache(ctx, "lp-ft", {"data": split.fingerprint(), "v": CACHE_VERSION}, build)
-        ctx.count_extra(forward=len(split))  # the same whether build ran or the cache hit
+        ctx.compute.extra_inference = charged
         head = load_file(str(entry / "probe.safetensors"))
         load_entries(
             model, head, "lp-ft: the task's probe head", "its reference_head does not match"
