@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The translation results of docs/tasks_translation.md: finetune, random and mixcd at the
-# gettext-mt scenario's default budget, seeds 0 1 2, then the leaderboard.
+# gettext-mt scenario's default budget, seeds 0 1 2, then the leaderboard; then rehearsal at
+# mix ratios 0.125 (both) and 0.5 (random) and the budget comparison.
 #
 #   scripts/translation_results.sh [DB]     (default: translation-results.db)
 #
@@ -40,3 +41,9 @@ for method in finetune random mixcd; do
   for seed in $SEEDS; do run "$method" "$seed" --method "$method"; done
 done
 "$BIN/forgetbench" leaderboard --db "$DB" --task "$TASK" --format markdown
+
+# Equal compute (docs/tasks_translation.md): rehearsal at other mix ratios, then how many
+# rehearsed samples random needs to match each mix-cd config.
+"$BIN/forgetbench" sweep --task "$TASK" -m mixcd -m random --grid mixcd.mix_ratio=0.125 \
+    --grid random.mix_ratio=0.125,0.5 --seeds "${SEEDS// /,}" --db "$DB"
+"$BIN/forgetbench" budget mixcd random --task "$TASK" --db "$DB"
