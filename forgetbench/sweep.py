@@ -177,7 +177,7 @@ def run_local(
 ) -> Iterator[Outcome]:
     """Outcomes as runs finish: in this process for one worker, else in a pool of ``workers``
     spawned processes (each runs its runs one after another)."""
-    if workers == 1 or len(todo) == 1:
+    if workers == 1 or len(todo) <= 1:  # no pool for one run, nor for none (all finished)
         for planned in todo:
             yield run_one(planned, db, registry_factory)
         return
