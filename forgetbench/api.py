@@ -500,7 +500,12 @@ class Task(ABC):
 
 
 def plugin_cache(
-    ctx: RunContext, plugin: str, key: dict[str, Any], build: Callable[[Path], dict | None]
+    ctx: RunContext,
+    plugin: str,
+    key: dict[str, Any],
+    build: Callable[[Path], dict | None],
+    forward: int = 0,
+    backward: int = 0,
 ) -> Path:
     """A plugin's own on-disk cache entry, shared by every run that has the same prior model.
 
@@ -508,12 +513,25 @@ def plugin_cache(
     (``ctx.bundle.identity``), the task's name and version and ``key`` (whatever else changes
     the result: settings, data fingerprints). ``build(directory)`` writes the entry's files when
     it is missing or corrupt (checked against a manifest) and may return metadata; the entry's
-    directory is returned. A hit skips the work, so charge its compute anyway
-    (``ctx.count_extra``): a run's reported cost must not depend on what is on disk.
+    directory is returned.
+
+    A run's reported cost must not depend on what is on disk: ``build`` counts its own passes
+    (``extra=True``, ``ctx.count_extra``), and on a hit, where it does not run, ``forward``
+    samples of inference and ``backward`` ones of backward passes (what it would have counted)
+    are charged instead (``ctx.count_extra``), so a run pays once either way.
     """
     meta = ctx.task.metadata
     full = {"prior": ctx.bundle.identity, "task": [meta.name, meta.version], "key": key}
-    return cached_dir(f"plugin-{plugin}", hash_json(full), build)
+    built = []
+
+    def counted_build(directory: Path) -> dict | None:
+        built.append(True)
+        return build(directory)
+
+    entry = cached_dir(f"plugin-{plugin}", hash_json(full), counted_build)
+    if not built:
+        ctx.count_extra(forward=forward, backward=backward)
+    return entry
 
 
 def load_entries(

@@ -91,11 +91,6 @@ def reference_losses(ctx, model, split) -> torch.Tensor:
     return loss0.float().cpu()
 
 
-def load_head(model: torch.nn.Module, head: dict[str, torch.Tensor]) -> None:
-    """Copy the probe into the model's fresh head (state-dict names and shapes must match)."""
-    load_entries(model, head, "flow: the task's probe head", "set flow.probe_init=false")
-
-
 class Flow(Method):
     name = "flow"
     description = "FLOW: new-task samples weighted exp(-loss0 / tau), loss0 from the prior model"
@@ -134,7 +129,8 @@ class Flow(Method):
         self.loss0 = stored.pop("loss0")
         self.weights, self.tau = flow_weights(self.loss0, self.config.tau)
         if self.config.probe_init and stored:
-            load_head(model, {name.removeprefix("head/"): value for name, value in stored.items()})
+            head = {name.removeprefix("head/"): value for name, value in stored.items()}
+            load_entries(model, head, "flow: the task's probe head", "set flow.probe_init=false")
 
     @hookimpl
     def forgetbench_sample_weights(self, batch):

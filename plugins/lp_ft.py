@@ -62,11 +62,9 @@ class LPFT(Method):
             save_file(tensors, str(directory / "probe.safetensors"))
             return {"split": split.name, "size": len(split)}
 
-        # one pass over the split whether build ran (the task's probe counts its own pass) or
-        # the cache hit: set, not added, so that a build is not charged twice
-        charged = ctx.compute.extra_inference + len(split)
-        entry = plugin_cache(ctx, "lp-ft", {"data": split.fingerprint(), "v": CACHE_VERSION}, build)
-        ctx.compute.extra_inference = charged
+        # a build counts the probe's pass itself (the task's ctx.batches), a hit is charged it
+        key = {"data": split.fingerprint(), "v": CACHE_VERSION}
+        entry = plugin_cache(ctx, "lp-ft", key, build, forward=len(split))
         head = load_file(str(entry / "probe.safetensors"))
         load_entries(
             model, head, "lp-ft: the task's probe head", "its reference_head does not match"

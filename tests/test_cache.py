@@ -53,3 +53,22 @@ def test_failed_build_leaves_no_entry():
         cached_dir("things", "k4", broken)
     assert not (cache_root() / "things" / "k4").exists()
     assert list((cache_root() / "things").iterdir()) == []
+
+
+def test_plugin_cache_charges_a_hit_what_the_build_would_have_counted(isolated_cache):
+    """A run pays once either way: the build counts its own passes, a hit is charged them."""
+    from method_helpers import tiny_context
+
+    from forgetbench.api import plugin_cache
+
+    ctx, _ = tiny_context()
+
+    def build(directory):
+        ctx.count_extra(forward=7, backward=2)  # the build's own passes
+        (directory / "state.bin").write_bytes(b"\x01")
+
+    first = plugin_cache(ctx, "charged", {"k": 1}, build, forward=7, backward=2)
+    assert (ctx.compute.extra_inference, ctx.compute.extra_backward) == (7, 2)
+    again = plugin_cache(ctx, "charged", {"k": 1}, build, forward=7, backward=2)
+    assert again == first
+    assert (ctx.compute.extra_inference, ctx.compute.extra_backward) == (14, 4)

@@ -137,18 +137,15 @@ class EWC(Method):
         config = self.config
         split = fisher_split(data.prior_train, config.fisher_samples)
         key = {"data": split.fingerprint(), "fisher": config.fisher, "v": 1}
-        built = []
 
         def build(directory: Path) -> dict:
             fisher = diagonal_fisher(ctx, model, split, config.fisher)
             tensors = {name: value.cpu().contiguous() for name, value in fisher.items()}
             save_file(tensors, str(directory / "fisher.safetensors"))
-            built.append(True)
             return {"samples": len(split), "fisher": config.fisher}
 
-        entry = plugin_cache(ctx, self.name, key, build)
-        if not built:  # a cache hit costs what computing it would have
-            ctx.count_extra(forward=len(split), backward=len(split))
+        # a cache hit costs what computing it would have
+        entry = plugin_cache(ctx, self.name, key, build, forward=len(split), backward=len(split))
         fisher = load_file(str(entry / "fisher.safetensors"))
         # Anchors hold the parameter tensors themselves: wrappers (LoRA) keep them, renamed.
         self.anchors = [
