@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The wordnet-qa results of docs/results.md: finetune, random and mixcd at the scenario's
+# defaults, seeds 0-4; rehearsal at mix ratios 0.125 (both) and 0.5 (random) for the budget
+# question; then the leaderboard, the frontier comparisons and the budget table (about 1 hour
+# 45 minutes on an idle 2-core CPU: stage 0 about 8 minutes, a run about 2.6 minutes).
+#
+#   scripts/qa_results.sh [DB]     (default: qa-results.db)
+#
+# Finished runs in DB are skipped, so an interrupted script continues. The first run also
+# trains stage 0 (cached under $FORGETBENCH_CACHE, default ~/.cache/forgetbench) and the first
+# rehearsal run the prior cache.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DB="${1:-qa-results.db}"
+BIN=.venv/bin
+F="$BIN/forgetbench"
+TASK=wordnet-qa
+SEEDS=0-4
+
+$F sweep --task "$TASK" -m finetune -m random -m mixcd --seeds "$SEEDS" --db "$DB"
+$F sweep --task "$TASK" -m mixcd -m random --grid mixcd.mix_ratio=0.125 \
+    --grid random.mix_ratio=0.125,0.5 --seeds "$SEEDS" --db "$DB"
+
+$F leaderboard --db "$DB" --task "$TASK" --format markdown
+for pair in "mixcd random" "mixcd finetune"; do
+  # shellcheck disable=SC2086  # two method names
+  $F compare $pair --task "$TASK" --db "$DB"
+done
+$F budget mixcd random --task "$TASK" --db "$DB"
+"$BIN/python" scripts/per_metric_table.py "$DB" "$TASK" f1 exact_match
