@@ -19,6 +19,10 @@ f0 already has (QA's span head, a translation decoder, CLIP's zero-shot head) th
 probe, and a run fails with one line saying so rather than store plain fine-tuning under this
 name.
 
+Stacked with ``wise-ft`` (LP-FT then WiSE-FT, as in the LP-FT paper's follow-ups), the order
+does not matter: the probe is written to the fresh head only, which WiSE-FT keeps out of theta0
+(it has no prior value), so both orders mix the same endpoints (tested).
+
 Cost: one inference pass of f0 over the new-task training set (the probe's features), charged
 to every run as extra inference, a cache hit included. The probe is cached on disk
 (``<cache>/plugin-lp-ft/<key>``) per prior model and new-task training split, so runs with other

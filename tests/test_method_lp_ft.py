@@ -8,6 +8,7 @@ from method_helpers import run_tiny, tiny_context, tiny_model
 from forgetbench.errors import ForgetbenchError
 from forgetbench.store import Store
 from forgetbench_plugins.lp_ft import LPFT
+from forgetbench_plugins.wise_ft import WiseFT
 
 
 def probe_head(model, fill: float) -> dict[str, torch.Tensor]:
@@ -75,3 +76,24 @@ def test_a_failed_lp_ft_run_keeps_its_row_as_failed(db):
         run_tiny(db, ["lp-ft"])
     (run,) = Store(db, read_only=True).get_runs()
     assert run["status"] == "failed"
+
+
+def test_stacked_with_wise_ft_the_order_of_setup_does_not_change_theta0(isolated_cache):
+    # lp-ft writes only the fresh head, and WiSE-FT leaves the fresh head out of theta0 (it has
+    # no prior value), so `lp-ft+wise-ft` and `wise-ft+lp-ft` mix the same endpoints
+    thetas = []
+    for lp_ft_first in (True, False):
+        model, names = tiny_model()
+        ctx, data = tiny_context(names, model)
+        ctx.task.reference_head = lambda ctx, model, split: probe_head(model, 0.25)
+        setups = [LPFT(), WiseFT()] if lp_ft_first else [WiseFT(), LPFT()]
+        for method in setups:
+            method.forgetbench_setup(ctx=ctx, model=model, data=data)
+        (wise,) = [m for m in setups if isinstance(m, WiseFT)]
+        assert torch.equal(
+            model.heads["new"].weight, torch.full_like(model.heads["new"].weight, 0.25)
+        )
+        assert not set(wise.theta0) & names
+        thetas.append(wise.theta0)
+    assert thetas[0].keys() == thetas[1].keys()
+    assert all(torch.equal(thetas[0][name], thetas[1][name]) for name in thetas[0])
