@@ -19,7 +19,7 @@ f0 already has (QA's span head, a translation decoder, CLIP's zero-shot head) th
 probe, and a run fails with one line saying so rather than store plain fine-tuning under this
 name.
 
-Stacked with ``wise-ft`` (LP-FT then WiSE-FT, as in the LP-FT paper's follow-ups), the order
+Stacked with ``wise-ft`` (the probe start, then a mix with f0 after training), the order
 does not matter: the probe is written to the fresh head only, which WiSE-FT keeps out of theta0
 (it has no prior value), so both orders mix the same endpoints (tested).
 
