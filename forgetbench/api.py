@@ -267,6 +267,12 @@ class Compute:
     separately because a backward pass costs about twice a forward one. ``eval_inference``: the
     core's evaluation. A method adds to the extra columns through ``RunContext.forward`` /
     ``predict`` / ``batches`` with ``extra=True`` and ``RunContext.count_extra``.
+
+    ``wall_seconds``: the run's wall time, from start to stored results. ``cache_seconds``: the
+    part of it spent building shared on-disk cache entries that later runs on the machine reuse
+    (stage 0, the prior caches, the before-evaluation, plugin caches; ``forgetbench.cache``),
+    so ``wall_seconds - cache_seconds`` is what the run takes once the caches are warm (the
+    leaderboard's wall columns). Both are timings, not counts: they differ between machines.
     """
 
     forwarded: int = 0
@@ -275,6 +281,7 @@ class Compute:
     extra_backward: int = 0
     eval_inference: int = 0
     wall_seconds: float = 0.0
+    cache_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 CACHE_ENV = "FORGETBENCH_CACHE"
 MANIFEST = "manifest.json"
 log = logging.getLogger("forgetbench")
+# wall seconds this process spent building entries (outermost builds), and the nesting depth
+_building = {"seconds": 0.0, "depth": 0}
 
 
 def cache_root() -> Path:
@@ -61,11 +64,18 @@ def _verify(entry: Path) -> bool:
         return False
 
 
+def build_seconds() -> float:
+    """Wall seconds this process has spent building cache entries so far (writing and hashing
+    included). A build that runs inside another one is counted once, as part of the outer one.
+    The runner stores a run's share as ``Compute.cache_seconds``."""
+    return _building["seconds"]
+
+
 def cached_dir(kind: str, key: str, build: Callable[[Path], dict | None]) -> Path:
     """Return the verified cache entry ``<root>/<kind>/<key>``, building it when absent or corrupt.
 
     ``build(tmpdir)`` writes the entry's files into ``tmpdir`` and may return extra metadata for
-    the manifest.
+    the manifest. The time a build takes is added to :func:`build_seconds`.
     """
     entry = cache_root() / kind / key
     if entry.is_dir():
@@ -75,6 +85,8 @@ def cached_dir(kind: str, key: str, build: Callable[[Path], dict | None]) -> Pat
         shutil.rmtree(entry, ignore_errors=True)
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=entry.parent))
+    started = time.perf_counter()
+    _building["depth"] += 1
     try:
         info = build(tmp) or {}
         files = {
@@ -88,6 +100,9 @@ def cached_dir(kind: str, key: str, build: Callable[[Path], dict | None]) -> Pat
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        _building["depth"] -= 1
+        if not _building["depth"]:
+            _building["seconds"] += time.perf_counter() - started
     return entry
 
 

@@ -20,7 +20,7 @@ import torch
 
 from forgetbench import distributed, engine
 from forgetbench.api import Compute, Method, ModelBundle, Task, TaskData
-from forgetbench.cache import cache_root, hash_json
+from forgetbench.cache import build_seconds, cache_root, hash_json
 from forgetbench.checkpoint import Checkpointer, CheckpointLock, checkpoint_dir
 from forgetbench.config import (
     TrainConfig,
@@ -445,7 +445,7 @@ class Run:
         self.checkpointer: Checkpointer | None = None
 
     def execute(self) -> None:
-        started = time.perf_counter()
+        started, cache_started = time.perf_counter(), build_seconds()
         ctx = self.make_context()
         with phase("loading data"), self.hub_hint():
             data = self.load_data(ctx)
@@ -471,6 +471,7 @@ class Run:
             ctx, derived_metrics(self.task.metadata, before, after), curve
         )
         ctx.compute.wall_seconds = engine.elapsed(started)
+        ctx.compute.cache_seconds = round(build_seconds() - cache_started, 3)
         self.store.finish_run(self.run_id, results, curve, ctx.compute.as_dict())
         if self.checkpointer is not None:
             self.checkpointer.clear()

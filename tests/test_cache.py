@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from forgetbench.cache import MANIFEST, cache_root, cached_dir, manifest
+import forgetbench.cache
+from forgetbench.cache import MANIFEST, build_seconds, cache_root, cached_dir, manifest
 
 
 def build_counting(calls):
@@ -72,3 +73,37 @@ def test_plugin_cache_charges_a_hit_what_the_build_would_have_counted(isolated_c
     again = plugin_cache(ctx, "charged", {"k": 1}, build, forward=7, backward=2)
     assert again == first
     assert (ctx.compute.extra_inference, ctx.compute.extra_backward) == (14, 4)
+
+
+def test_build_seconds_counts_each_build_once_nested_ones_in_the_outer(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(forgetbench.cache.time, "perf_counter", lambda: now[0])
+
+    def inner(directory):
+        now[0] += 3.0
+        (directory / "inner.bin").write_bytes(b"i")
+
+    def outer(directory):
+        now[0] += 5.0
+        cached_dir("things", "inner", inner)  # e.g. stage 0 inside a prior-cache build
+        now[0] += 2.0
+        (directory / "outer.bin").write_bytes(b"o")
+
+    start = build_seconds()
+    cached_dir("things", "outer", outer)
+    assert build_seconds() - start == 10.0  # 5 + 3 + 2, the inner 3 not counted twice
+    cached_dir("things", "outer", outer)  # a hit builds nothing
+    cached_dir("things", "inner", inner)
+    assert build_seconds() - start == 10.0
+
+
+def test_a_run_stores_the_time_it_spent_building_caches_and_a_warm_run_none(db):
+    from method_helpers import run_tiny
+
+    from forgetbench.store import Store
+
+    cold = Store(db).get_run(run_tiny(db, ["finetune"]))["compute"]
+    warm = Store(db).get_run(run_tiny(db, ["finetune"], {"lr": "2e-3"}))["compute"]
+    # the first run trained the tiny stage 0 and cached f0's evaluation; the second reused both
+    assert 0 < cold["cache_seconds"] < cold["wall_seconds"]
+    assert warm["cache_seconds"] == 0.0

@@ -74,6 +74,21 @@ def test_aggregation_std_interval_and_relative_compute_by_hand(toy):
     assert math.isnan(rows["finetune"].ci95("missing"))
 
 
+def test_wall_columns_leave_out_the_shared_cache_builds(db):
+    store = Store(db)
+    # seed 0's finetune trained stage 0 (90 of its 100 s); the other runs found it cached, and
+    # a run stored before cache_seconds existed counts whole
+    for seed, wall, cached in ((0, 100.0, 90.0), (1, 10.0, 0.0), (2, 10.0, None)):
+        compute = {"forwarded": 640, "wall_seconds": wall}
+        if cached is not None:
+            compute["cache_seconds"] = cached
+        store_run(store, "finetune", seed, 0.5, 0.9, compute)
+        store_run(store, LABEL, seed, 0.7, 0.8, {"forwarded": 640, "wall_seconds": 20.0})
+    rows = {row.methods: row for row in leaderboard(Store(db, read_only=True))}
+    assert rows["finetune"].mean("wall_seconds") == pytest.approx(10.0)
+    assert rows[LABEL].mean("wall_x") == pytest.approx(2.0)
+
+
 def test_t_quantiles():
     assert t_quantile_975(1) == pytest.approx(12.706)
     assert t_quantile_975(30) == pytest.approx(2.042)
