@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The wordnet-qa results of docs/results.md: finetune, random and mixcd at the scenario's
-# defaults, seeds 0-4; rehearsal at mix ratios 0.125 (both) and 0.5 (random) for the budget
-# question; then the leaderboard, the frontier comparisons and the budget table (about 1 hour
-# 45 minutes on an idle 2-core CPU: stage 0 about 8 minutes, a run about 2.6 minutes).
+# The wordnet-qa results of docs/results.md: every builtin method that applies at the
+# scenario's defaults, seeds 0-4; rehearsal at mix ratios 0.125 (both) and 0.5 (random) for the
+# budget question; then the leaderboard, the frontier comparisons, the budget table and the
+# per-metric table (about 3 hours 20 minutes on an idle 2-core CPU: stage 0 about 8 minutes, a
+# run about 2.6 minutes, a WiSE-FT run with its alpha grid about 5).
 #
 #   scripts/qa_results.sh [DB]     (default: qa-results.db)
 #
@@ -17,12 +18,15 @@ F="$BIN/forgetbench"
 TASK=wordnet-qa
 SEEDS=0-4
 
-$F sweep --task "$TASK" -m finetune -m random -m mixcd --seeds "$SEEDS" --db "$DB"
+# lp-ft needs a fresh new-task head; the QA span head is f0's own
+$F sweep --task "$TASK" -m finetune -m random -m mixcd -m lora -m ldifs -m l2sp -m flow \
+    -m wise-ft --seeds "$SEEDS" --db "$DB"
 $F sweep --task "$TASK" -m mixcd -m random --grid mixcd.mix_ratio=0.125 \
     --grid random.mix_ratio=0.125,0.5 --seeds "$SEEDS" --db "$DB"
 
 $F leaderboard --db "$DB" --task "$TASK" --format markdown
-for pair in "mixcd random" "mixcd finetune"; do
+for pair in "mixcd random" "mixcd finetune" "wise-ft finetune" "ldifs l2sp" "lora finetune" \
+    "flow finetune"; do
   # shellcheck disable=SC2086  # two method names
   $F compare $pair --task "$TASK" --db "$DB"
 done
