@@ -382,6 +382,11 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` when a run resumes from a checkpoint."""
 
+    def check_task(self, task: Task) -> None:
+        """Refuse a task this method cannot run on, with a ForgetbenchError saying why: called
+        while a request is validated, before anything is stored or computed (a sweep checks
+        every run of its grid first). Default: every task."""
+
 
 class Task(ABC):
     """A two-stage scenario: a prior model f0, then fine-tuning on a new task.

@@ -99,6 +99,9 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> ResolvedRu
     method_entries = [registry.method(name) for name in request.methods]
     task_cls = task_entry.cls
     train, task_config, methods = _build_configs(request, task_cls, method_entries, registry)
+    task = task_cls(task_config)
+    for method in methods:
+        method.check_task(task)
     run_plugin_manager(methods)  # firstresult conflicts are errors before anything runs
     engine.check_device(train)
     if request.prior_model:
@@ -116,7 +119,7 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> ResolvedRu
     providers = {"task": task_entry.provider}
     providers.update({entry.name: entry.provider for entry in method_entries})
     config_hash = experiment_hash(config, TrainConfig(**task_cls.train_defaults))
-    return ResolvedRun(task_cls(task_config), methods, train, providers, config, config_hash)
+    return ResolvedRun(task, methods, train, providers, config, config_hash)
 
 
 def experiment_hash(config: dict[str, Any], train_defaults: TrainConfig) -> str:

@@ -16,8 +16,9 @@ the run's own budget and optimiser; the paper tunes a lower learning rate for it
 
 Only a task whose new head is fresh has a probe to fit. Where the new task starts from outputs
 f0 already has (QA's span head, a translation decoder, CLIP's zero-shot head) there is nothing to
-probe, and a run fails with one line saying so rather than store plain fine-tuning under this
-name.
+probe, and a run is refused with one line saying so rather than store plain fine-tuning under
+this name: before anything is stored where the task does not implement ``reference_head`` at all
+(every builtin family but text classification), at set-up where it does and returns nothing.
 
 Stacked with ``wise-ft`` (the probe start, then a mix with f0 after training), the order
 does not matter: the probe is written to the fresh head only, which WiSE-FT keeps out of theta0
@@ -35,7 +36,14 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from forgetbench.api import ForgetbenchError, Method, hookimpl, load_entries, plugin_cache
+from forgetbench.api import (
+    ForgetbenchError,
+    Method,
+    Task,
+    hookimpl,
+    load_entries,
+    plugin_cache,
+)
 
 CACHE_VERSION = 1
 
@@ -43,6 +51,10 @@ CACHE_VERSION = 1
 class LPFT(Method):
     name = "lp-ft"
     description = "LP-FT: the new head starts from a linear probe on f0's features, then fine-tune"
+
+    def check_task(self, task):
+        if type(task).reference_head is Task.reference_head:
+            raise no_probe(task.metadata.name)
 
     @hookimpl
     def forgetbench_setup(self, ctx, model, data):
@@ -57,11 +69,7 @@ class LPFT(Method):
             finally:
                 model.train(was_training)
             if not head:
-                raise ForgetbenchError(
-                    f"lp-ft: task {task!r} has no fresh new-task head to fit a probe for (its"
-                    " new task starts from the prior model's own outputs), so LP-FT would be"
-                    " plain fine-tuning there; use --method finetune"
-                )
+                raise no_probe(task)
             tensors = {name: value.detach().cpu().contiguous() for name, value in head.items()}
             save_file(tensors, str(directory / "probe.safetensors"))
             return {"split": split.name, "size": len(split)}
@@ -73,6 +81,14 @@ class LPFT(Method):
         load_entries(
             model, head, "lp-ft: the task's probe head", "its reference_head does not match"
         )
+
+
+def no_probe(task: str) -> ForgetbenchError:
+    return ForgetbenchError(
+        f"lp-ft: task {task!r} has no fresh new-task head to fit a probe for (its new task"
+        " starts from the prior model's own outputs), so LP-FT would be plain fine-tuning"
+        " there; use --method finetune"
+    )
 
 
 @hookimpl

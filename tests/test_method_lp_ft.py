@@ -1,12 +1,18 @@
 """lp-ft: the task's probe loaded into the fresh head, its pass charged and cached, the clear
-failure on a task without a fresh head (the real run: tests/test_e2e_offline.py)."""
+refusal of a task without a fresh head (the real run: tests/test_e2e_offline.py)."""
+
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from method_helpers import run_tiny, tiny_context, tiny_model
 
 from forgetbench.errors import ForgetbenchError
+from forgetbench.runner import RunRequest, execute
 from forgetbench.store import Store
+from forgetbench.sweep import SweepSpec, plan
+from forgetbench.testing import TinyTextTask, registry_with
 from forgetbench_plugins.lp_ft import LPFT
 from forgetbench_plugins.wise_ft import WiseFT
 
@@ -71,9 +77,26 @@ def test_a_probe_that_does_not_fit_the_model_is_one_clear_error(isolated_cache):
         LPFT().forgetbench_setup(ctx=ctx, model=model, data=data)
 
 
-def test_a_failed_lp_ft_run_keeps_its_row_as_failed(db):
+def test_a_task_without_reference_head_is_refused_before_anything_is_stored(db):
+    # the tiny task does not implement reference_head (no fresh head, like QA, MT and CLIP)
     with pytest.raises(ForgetbenchError, match="lp-ft: task 'tiny' has no fresh new-task head"):
         run_tiny(db, ["lp-ft"])
+    assert not Path(db).exists()  # refused before the store is opened
+    # a sweep checks its whole grid before the first run
+    with pytest.raises(ForgetbenchError, match="lp-ft: task 'tiny' has no fresh new-task head"):
+        plan(SweepSpec(task="tiny", methods=["finetune", "lp-ft"], seeds=[0, 1]), registry_with())
+
+
+def test_a_task_whose_reference_head_returns_nothing_fails_at_setup_and_keeps_its_row(db):
+    class NoHeadTask(TinyTextTask):
+        metadata = replace(TinyTextTask.metadata, name="tiny-no-head")
+
+        def reference_head(self, ctx, model, split):
+            return None  # implemented, but nothing to fit here
+
+    request = RunRequest(task="tiny-no-head", methods=["lp-ft"], seed=0, steps=5)
+    with pytest.raises(ForgetbenchError, match="task 'tiny-no-head' has no fresh new-task head"):
+        execute(request, db=db, registry=registry_with(tasks=(NoHeadTask,)))
     (run,) = Store(db, read_only=True).get_runs()
     assert run["status"] == "failed"
 
