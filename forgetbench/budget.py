@@ -175,13 +175,27 @@ def match(a: Configs, b: Configs, label: str, seeds: list[int], draws: list[list
 
 
 def budget(
-    store: Store, task: str, a: str, b: str, resamples: int = 2000, seed: int = 0, level=0.95
+    store: Store,
+    task: str,
+    a: str,
+    b: str,
+    resamples: int = 2000,
+    seed: int = 0,
+    level=0.95,
+    metric: str | None = None,
 ) -> Budget:
     """For each config of ``a``: the rehearsed samples ``b`` needs for the same prior/after,
-    and the ratio with a paired bootstrap interval over the seeds both have."""
+    and the ratio with a paired bootstrap interval over the seeds both have. ``metric``: the
+    prior metric matched (default: the task's main metric)."""
     if a == b:
         raise ForgetbenchError(f"budget needs two different methods, got {a!r} twice")
+    if metric is not None and (not metric.strip() or "," in metric):
+        raise ForgetbenchError(f"budget --metric takes one prior metric name, got {metric!r}")
     points = collect(store, task, wise_ft_grid=False)
+    if metric is not None:
+        points = collect(
+            store, task, wise_ft_grid=False, metrics=(metric.strip(), points.new_metric)
+        )
     first, second = rehearsal_configs(store, points, a), rehearsal_configs(store, points, b)
     seeds = sorted({s for c in first.values() for s in c} & {s for c in second.values() for s in c})
     if not seeds:

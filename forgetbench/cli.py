@@ -465,6 +465,13 @@ def _print_sweep_summary(result) -> None:
         )
 
 
+MetricOption = Annotated[
+    str | None,
+    typer.Option(
+        "--metric",
+        help="metric of both axes (e.g. chrf), or PRIOR,NEW (default: the task's main metrics)",
+    ),
+]
 WiseFtGridOption = Annotated[
     bool,
     typer.Option(
@@ -486,10 +493,11 @@ def compare(
         typer.Option(help="reference point PRIOR,NEW of the frontier score (default: nadir)"),
     ] = None,
     wise_ft_grid: WiseFtGridOption = True,
+    metric: MetricOption = None,
     db: DbOption = None,
 ):
     """Does A's Pareto frontier dominate B's? Frontier scores with bootstrap intervals."""
-    from forgetbench.frontier import collect
+    from forgetbench.frontier import collect, parse_metrics
     from forgetbench.frontier import compare as compare_frontiers
     from forgetbench.report import comparison_tables, parse_reference
     from forgetbench.store import Store
@@ -498,7 +506,7 @@ def compare(
         raise ForgetbenchError(f"--resamples must be >= 100, got {resamples}")
     store = Store(db, read_only=True)
     _check_task_name(store, task)
-    points = collect(store, task, wise_ft_grid)
+    points = collect(store, task, wise_ft_grid, parse_metrics(metric))
     result = compare_frontiers(
         points, method_a, method_b, parse_reference(reference), resamples, seed
     )
@@ -513,6 +521,10 @@ def budget(
     task: TaskNameOption = "wordnet",
     resamples: ResamplesOption = 2000,
     seed: BootstrapSeedOption = 0,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="the prior metric to match (default: the task's main metric)"),
+    ] = None,
     db: DbOption = None,
 ):
     """How many rehearsed samples B needs to reach each A config's prior/after (the ratio)."""
@@ -524,7 +536,8 @@ def budget(
         raise ForgetbenchError(f"--resamples must be >= 100, got {resamples}")
     store = Store(db, read_only=True)
     _check_task_name(store, task)
-    for renderable in budget_tables(match_budget(store, task, method_a, method_b, resamples, seed)):
+    result = match_budget(store, task, method_a, method_b, resamples, seed, metric=metric)
+    for renderable in budget_tables(result):
         out.print(renderable)
 
 
@@ -539,18 +552,23 @@ def plot(
     ] = None,
     title: Annotated[str | None, typer.Option(help="title of the task plot")] = None,
     wise_ft_grid: WiseFtGridOption = True,
+    metric: MetricOption = None,
     db: DbOption = None,
 ):
     """Plot a task's prior-vs-new frontiers, or one run's curves, to PNG or SVG."""
+    from forgetbench.frontier import parse_metrics
     from forgetbench.plot import plot_run, plot_task
     from forgetbench.store import Store
 
     if (task is None) == (run_id is None):
         raise ForgetbenchError("give --task T (frontiers) or --run ID (curves), not both")
+    if metric is not None and task is None:
+        raise ForgetbenchError("--metric goes with --task (the frontier plot)")
     store = Store(db, read_only=True)
     if task is not None:
         _check_task_name(store, task)
-        path = plot_task(store, task, out_path or f"{task}.png", title, wise_ft_grid)
+        metrics = parse_metrics(metric)
+        path = plot_task(store, task, out_path or f"{task}.png", title, wise_ft_grid, metrics)
     else:
         path = plot_run(store, run_id, out_path or f"run-{run_id}.png")
     out.print(f"wrote {path}", markup=False, highlight=False)

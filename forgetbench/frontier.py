@@ -158,8 +158,26 @@ def method_name(run: dict) -> str:
     return "+".join(m["name"] for m in run["config"].get("methods", [])) or run["methods"]
 
 
-def collect(store: Store, task: str, wise_ft_grid: bool = True) -> TaskPoints:
+def parse_metrics(text: str | None) -> tuple[str, str] | None:
+    """``--metric``: ``NAME`` (the prior and the new task's metric of that name) or
+    ``PRIOR,NEW``; None or empty: the task's main metrics."""
+    if not text or not text.strip():
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(parts):
+        raise ForgetbenchError(f"--metric takes NAME or PRIOR,NEW (e.g. chrf), got {text!r}")
+    return parts[0], parts[1]
+
+
+def collect(
+    store: Store, task: str, wise_ft_grid: bool = True, metrics: tuple[str, str] | None = None
+) -> TaskPoints:
     """Per-seed points of every method and config of ``task`` (its latest ok run per seed).
+
+    ``metrics``: the (prior, new) metric names of the two axes; default the task's main
+    metrics. A run that did not store one of them is left out.
 
     A run whose stack has ``wise-ft`` also gives its alpha grid (series
     ``wise-ft/prior/<prior metric>`` and ``wise-ft/new/<new metric>``, step = 100 * alpha):
@@ -172,13 +190,20 @@ def collect(store: Store, task: str, wise_ft_grid: bool = True) -> TaskPoints:
     values = store.get_metrics(run["id"] for run in runs)
     directions = store.get_directions(run["id"] for run in runs)
     first = runs[0]
-    prior, new = first["prior_metric"], first["new_metric"]
-    stored = directions[first["id"]]
-    higher = (stored.get(f"prior/after/{prior}", True), stored.get(f"new/after/{new}", True))
+    prior, new = metrics or (first["prior_metric"], first["new_metric"])
+    keys = (f"prior/after/{prior}", f"new/after/{new}")
+    for key in keys:
+        if not any(key in metric for metric in values.values()):
+            raise ForgetbenchError(
+                f"no finished run of task {task!r} stored {key}" + _names(values, key)
+            )
+    stored = {}
+    for run in runs:
+        stored = {**directions[run["id"]], **stored}  # the first run that has a key decides
+    higher = (stored.get(keys[0], True), stored.get(keys[1], True))
     points = TaskPoints(task, prior, new, higher)
     for run in runs:
         metric = values[run["id"]]
-        keys = (f"prior/after/{prior}", f"new/after/{new}")
         if not all(key in metric for key in keys):
             continue
         name = method_name(run)
@@ -193,6 +218,15 @@ def collect(store: Store, task: str, wise_ft_grid: bool = True) -> TaskPoints:
         if all(key in metric for key in before):
             points.f0.setdefault(run["seed"], (metric[before[0]], metric[before[1]]))
     return points
+
+
+def _names(values: dict[int, dict[str, float]], key: str) -> str:
+    """A did-you-mean and the metric names stored for ``key``'s split, for an error."""
+    prefix, _, name = key.rpartition("/")
+    stored = sorted(
+        {k[len(prefix) + 1 :] for m in values.values() for k in m if k.startswith(prefix + "/")}
+    )
+    return did_you_mean(name, stored) + f" (stored: {', '.join(stored) or 'none'})"
 
 
 def wise_ft_grid_points(store: Store, run: dict, prior: str, new: str) -> dict[float, Point]:

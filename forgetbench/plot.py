@@ -74,12 +74,18 @@ def _wise_ft_curves(points: TaskPoints) -> dict[str, np.ndarray]:
 
 
 def plot_task(
-    store: Store, task: str, out: str | Path, title: str | None = None, wise_ft_grid: bool = True
+    store: Store,
+    task: str,
+    out: str | Path,
+    title: str | None = None,
+    wise_ft_grid: bool = True,
+    metrics: tuple[str, str] | None = None,
 ) -> Path:
     """Prior/after (x) against new/after (y) for every method of ``task``; writes ``out``.
-    ``wise_ft_grid``: WiSE-FT's grid points count in its frontier (as in ``compare``)."""
+    ``wise_ft_grid``: WiSE-FT's grid points count in its frontier (as in ``compare``);
+    ``metrics``: the (prior, new) metrics of the axes (default: the task's main metrics)."""
     path = _check_out(out)
-    points = collect(store, task, wise_ft_grid)
+    points = collect(store, task, wise_ft_grid, metrics)
     figure = Figure(figsize=(7.5, 5.5), layout="constrained")
     ax = figure.add_subplot()
     colors = itertools.cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The gettext-mt results of docs/tasks_translation.md: every builtin method that applies at the
 # scenario's defaults, seeds 0-4; rehearsal at mix ratios 0.125 (both) and 0.5 (random) for the
-# budget question; then the leaderboard, the frontier comparisons, the budget table and the
-# per-language-pair BLEU per method (about 1 hour on an idle 2-core CPU, stage 0 included).
+# budget question; then the leaderboard, the frontier comparisons, the budget table (in BLEU and
+# chrF) and the per-language-pair BLEU per method (about 1 hour on an idle 2-core CPU, stage 0 included).
 #
 #   scripts/translation_results.sh [DB]     (default: translation-results.db)
 #
@@ -30,4 +30,7 @@ for pair in "mixcd random" "mixcd finetune" "wise-ft finetune" "ldifs l2sp" "lor
   $F compare $pair --task "$TASK" --db "$DB"
 done
 $F budget mixcd random --task "$TASK" --db "$DB"
+# the same two questions in chrF (docs/tasks_translation.md, "Where mix-cd's selection goes")
+$F compare mixcd random --task "$TASK" --db "$DB" --metric chrf
+$F budget mixcd random --task "$TASK" --db "$DB" --metric chrf
 "$BIN/python" scripts/per_metric_table.py "$DB" "$TASK" bleu

@@ -18,9 +18,11 @@ def store_run(
     higher: tuple[bool, bool] = (True, True),
     curves=(),
     derived: dict[str, float] | None = None,
+    extra: tuple[Metric, ...] = (),
 ) -> int:
     """A finished run of method stack ``stack`` (config label ``label``) on task ``toy``;
-    ``derived`` becomes ``run/derived/<name>`` metrics, ``curves`` its series."""
+    ``derived`` becomes ``run/derived/<name>`` metrics, ``curves`` its series, ``extra`` is
+    stored as well (metrics besides the main ones)."""
     run_id = store.start_run(
         task="toy",
         task_version="1",
@@ -42,6 +44,7 @@ def store_run(
         Metric("new", "before", "accuracy", before[1], higher[1]),
     ]
     metrics += [Metric("run", "derived", k, v) for k, v in (derived or {}).items()]
+    metrics += list(extra)
     store.finish_run(run_id, metrics, list(curves))
     return run_id
 

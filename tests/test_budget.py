@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from forgetbench.budget import Bound, budget, censored_interval, envelope, samples_to_reach
 from forgetbench.cli import app
 from forgetbench.errors import ForgetbenchError
-from forgetbench.store import Store
+from forgetbench.store import Metric, Store
 
 # random's curve, the same on both seeds: (rehearsed samples, prior/after accuracy).
 # 300 samples do worse than 200 (seed noise), so its monotone envelope is 100, 200, 400.
@@ -96,6 +96,34 @@ def test_budget_by_hand_in_both_directions(db, lower_is_better):
     on_envelope = [label for label, _, _, hull in result.curve if hull]
     assert "random(mix_ratio=0.3)" not in on_envelope
     assert len(on_envelope) == 3
+
+
+def test_budget_on_another_prior_metric_uses_its_values_and_direction(db):
+    """The curve stored as an extra metric ``error`` (1 - accuracy, lower is better) and a flat
+    main metric: --metric error gives the by-hand ratios, the main metric none of them."""
+    store = Store(db)
+    runs = [("random", RANDOM[r][0], r, RANDOM[r][1], RANDOM[r][1]) for r in RANDOM]
+    runs += [("mixcd", MIXCD[r][0], r, MIXCD[r][1], MIXCD[r][2]) for r in MIXCD]
+    for seed in range(2):
+        for stack, rehearsed, ratio, *accuracy in runs:
+            error = (Metric("prior", "after", "error", 1 - accuracy[seed], False),)
+            store_run(store, stack, f"{stack}(mix_ratio={ratio})", seed, 0.5, 0.8,
+                      derived={"rehearsed": rehearsed}, extra=error)  # fmt: skip
+    result = budget(store, "toy", "mixcd", "random", resamples=200, metric="error")
+    assert result.task.prior_metric == "error"
+    assert result.task.higher[0] is False
+    middle = {m.label: m for m in result.matches}["mixcd(mix_ratio=0.05)"]
+    assert middle.prior == pytest.approx(1 - 0.67)
+    assert middle.ratio == Bound("=", pytest.approx(6.0))
+    flat = budget(store, "toy", "mixcd", "random", resamples=200)
+    assert {m.label: m for m in flat.matches}["mixcd(mix_ratio=0.05)"].ratio != middle.ratio
+    args = ["budget", "mixcd", "random", "-t", "toy", "--db", db, "--resamples", "200"]
+    text = " ".join(CliRunner().invoke(app, [*args, "--metric", "error"]).output.split())
+    assert "for the prior/after error of mixcd's" in text
+    assert "300 6.00" in text
+    for bad, message in (("errr", "did you mean 'error'"), ("a,b", "one prior metric name")):
+        with pytest.raises(ForgetbenchError, match=message):
+            budget(store, "toy", "mixcd", "random", metric=bad)
 
 
 def test_budget_interval_is_reproducible_and_paired(db):

@@ -17,9 +17,10 @@ from forgetbench.frontier import (
     front_dominates,
     hypervolume,
     pareto_front,
+    parse_metrics,
     verdict,
 )
-from forgetbench.store import Store
+from forgetbench.store import Metric, Store
 
 # Three points on a staircase and one inside it. Higher is better on both axes:
 # the front is (0.9, 0.1), (0.5, 0.5), (0.1, 0.9); above (0, 0) the area they dominate is
@@ -211,3 +212,71 @@ def test_cli_compare_counts_the_wise_ft_grid_unless_told_not_to(wise):
     assert off.exit_code == 0, off.output
     assert "1+3a" not in off.output
     assert "WiSE-FT grid points" not in " ".join(off.output.split())
+
+
+def test_metric_names_parse_and_refuse_what_is_not_a_pair():
+    assert parse_metrics(None) is None
+    assert parse_metrics(" ") is None
+    assert parse_metrics("chrf") == ("chrf", "chrf")
+    assert parse_metrics("f1, exact_match") == ("f1", "exact_match")
+    for bad in ("a,b,c", "a,", ",b"):
+        with pytest.raises(ForgetbenchError, match="--metric takes NAME or PRIOR,NEW"):
+            parse_metrics(bad)
+
+
+@pytest.fixture
+def two_metrics(db) -> str:
+    """mixcd beats random on accuracy (the main metric) on both seeds; on ``loss`` (stored
+    lower-is-better) random's points are the better ones."""
+    store = Store(db)
+    for seed in range(2):
+        for stack, accuracy, loss in (
+            ("mixcd", (0.7, 0.8), (0.9, 0.9)),
+            ("random", (0.6, 0.7), (0.5, 0.6)),
+        ):
+            extra = (
+                Metric("prior", "after", "loss", loss[0] + 0.01 * seed, False),
+                Metric("new", "after", "loss", loss[1], False),
+                Metric("prior", "before", "loss", 1.0, False),
+                Metric("new", "before", "loss", 2.0, False),
+            )
+            store_run(store, stack, stack, seed, *accuracy, extra=extra)
+    return db
+
+
+def test_collect_and_compare_on_another_metric_use_its_values_and_direction(two_metrics):
+    store = Store(two_metrics, read_only=True)
+    main = collect(store, "toy")
+    assert (main.prior_metric, main.higher) == ("accuracy", (True, True))
+    assert compare(main, "mixcd", "random", resamples=200).verdict == "a"
+    loss = collect(store, "toy", metrics=("loss", "loss"))
+    assert (loss.prior_metric, loss.new_metric, loss.higher) == ("loss", "loss", (False, False))
+    assert loss.methods["random"].configs["random"] == {0: (0.5, 0.6), 1: (0.51, 0.6)}
+    assert loss.f0_mean() == (1.0, 2.0)
+    assert compare(loss, "mixcd", "random", resamples=200).verdict == "b"
+    mixed = collect(store, "toy", metrics=("loss", "accuracy"))
+    assert mixed.higher == (False, True)
+    assert mixed.methods["mixcd"].configs["mixcd"][0] == (0.9, 0.8)
+
+
+def test_a_metric_no_run_stored_is_one_error_with_the_stored_names(two_metrics):
+    store = Store(two_metrics, read_only=True)
+    with pytest.raises(
+        ForgetbenchError,
+        match=r"stored prior/after/los .*did you mean 'loss'.*stored: accuracy, loss",
+    ):
+        collect(store, "toy", metrics=("los", "loss"))
+    result = CliRunner().invoke(
+        app, ["compare", "mixcd", "random", "-t", "toy", "--db", two_metrics, "--metric", "a,b,c"]
+    )
+    assert result.exit_code != 0
+    assert str(result.exception) == "--metric takes NAME or PRIOR,NEW (e.g. chrf), got 'a,b,c'"
+
+
+def test_cli_compare_on_another_metric(two_metrics):
+    args = ["compare", "mixcd", "random", "-t", "toy", "--db", two_metrics, "--resamples", "200"]
+    main = " ".join(CliRunner().invoke(app, args).output.split())
+    assert "mixcd's frontier dominates random's" in main
+    result = CliRunner().invoke(app, [*args, "--metric", "loss"])
+    assert result.exit_code == 0, result.output
+    assert "random's frontier dominates mixcd's" in " ".join(result.output.split())

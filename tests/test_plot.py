@@ -13,14 +13,18 @@ from typer.testing import CliRunner
 from forgetbench.cli import app
 from forgetbench.errors import ForgetbenchError
 from forgetbench.plot import plot_run, plot_task
-from forgetbench.store import Store
+from forgetbench.store import Metric, Store
 
 
 @pytest.fixture
 def toy(db) -> str:
     store = Store(db)
     for seed in range(2):
-        store_run(store, "finetune", "finetune", seed, 0.4 + 0.02 * seed, 0.9)
+        loss = (
+            Metric("prior", "after", "loss", 1.5, False),
+            Metric("prior", "before", "loss", 0.5, False),
+        )
+        store_run(store, "finetune", "finetune", seed, 0.4 + 0.02 * seed, 0.9, extra=loss)
         store_run(store, "mixcd", "mixcd(mix_ratio=0.25)", seed, 0.7, 0.8 + 0.01 * seed)
         store_run(store, "mixcd", "mixcd(mix_ratio=0.5)", seed, 0.75, 0.7)
         store_run(store, "wise-ft", "wise-ft", seed, 0.6, 0.85, curves=wise_ft_series(0.45, 0.9))
@@ -77,7 +81,27 @@ def test_cli_plot_and_its_errors(toy, tmp_path):
     assert runner.invoke(app, args).exit_code == 0
     assert "wise-ft (1 config)" in svg.read_text()
     assert matplotlib.image.imread(out).size > 0
+    on_loss = tmp_path / "loss.svg"
+    args = [
+        "plot",
+        "--task",
+        "toy",
+        "--out",
+        str(on_loss),
+        "--metric",
+        "loss,accuracy",
+        "--db",
+        toy,
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    text = on_loss.read_text()
+    assert "prior loss after fine-tuning (lower is better)" in text
+    assert "new accuracy after fine-tuning (higher is better)" in text
+    assert "finetune (1 config)" in text
+    assert "mixcd" not in text  # only finetune stored a prior loss
     cases = {
+        ("--task", "toy", "--metric", "los"): "did you mean 'loss'",
+        ("--run", "1", "--metric", "loss"): "--metric goes with --task",
         ("--task", "toy", "--out", str(tmp_path / "x.jpg")): "give a .png or .svg file",
         ("--task", "toy", "--out", str(tmp_path / "no" / "x.png")): "does not exist",
         ("--task", "toy", "--run", "1"): "not both",
