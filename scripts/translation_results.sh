@@ -2,7 +2,8 @@
 # The gettext-mt results of docs/tasks_translation.md: every builtin method that applies at the
 # scenario's defaults, seeds 0-4; rehearsal at mix ratios 0.125 (both) and 0.5 (random) for the
 # budget question; then the leaderboard, the frontier comparisons, the budget table (in BLEU and
-# chrF) and the per-language-pair BLEU per method (about 1 hour on an idle 2-core CPU, stage 0 included).
+# chrF) and the per-language-pair BLEU per method (about 1 hour on an idle 2-core CPU, stage 0
+# included).
 #
 #   scripts/translation_results.sh [DB]     (default: translation-results.db)
 #
