@@ -7,8 +7,9 @@
 #   scripts/clip_results.sh [DB]     (default: clip-results.db)
 #
 # Finished runs in DB are skipped, so an interrupted script continues.
-# Prints the leaderboard, then the zero-shot accuracy of each prior dataset before and after
-# (mean over seeds) and the new task's accuracy, per method.
+# Prints the budget table, the comparisons and the leaderboard, then per method the zero-shot
+# accuracy on each prior dataset and the new task's accuracy after fine-tuning (mean ± std over
+# seeds; the first row, f0, is every dataset before fine-tuning).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DB="${1:-clip-results.db}"
@@ -31,27 +32,4 @@ for pair in "mixcd random" "wise-ft finetune" "ldifs l2sp"; do
   $F compare $pair --task "$TASK" --db "$DB"
 done
 "$BIN/forgetbench" leaderboard --db "$DB" --task "$TASK" --format markdown
-"$BIN/python" - "$DB" "$TASK" <<'PY'
-import sys
-from collections import defaultdict
-from statistics import mean
-from forgetbench.store import Store
-store = Store(sys.argv[1], read_only=True)
-runs = store.get_runs(status="ok", task=sys.argv[2])
-metrics = store.get_metrics([r["id"] for r in runs])
-by_method = defaultdict(list)
-for run in runs:
-    by_method[run["methods"]].append(metrics[run["id"]])
-datasets = sorted({k.split("/")[-1] for m in metrics.values() for k in m
-                   if k.startswith("prior/before/accuracy/")})
-print("\n| method | seeds | " + " | ".join(f"{d} before -> after" for d in datasets)
-      + " | mean drop | textile before -> after |")
-print("|---" * (len(datasets) + 4) + "|")
-for method, rows in sorted(by_method.items()):
-    cells = [f"{mean(r[f'prior/before/accuracy/{d}'] for r in rows):.3f} -> "
-             f"{mean(r[f'prior/after/accuracy/{d}'] for r in rows):.3f}" for d in datasets]
-    drop = mean(r["prior/derived/forgetting"] for r in rows)
-    new = (f"{mean(r['new/before/accuracy'] for r in rows):.3f} -> "
-           f"{mean(r['new/after/accuracy'] for r in rows):.3f}")
-    print(f"| {method} | {len(rows)} | " + " | ".join(cells) + f" | {drop:.3f} | {new} |")
-PY
+"$BIN/python" scripts/per_metric_table.py "$DB" "$TASK" accuracy

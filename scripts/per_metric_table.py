@@ -4,7 +4,9 @@
 
 For each methods label (mean ± sample std over its seeds; ok runs only): each METRIC on the
 prior eval set after fine-tuning, its per-part values where the task stores them
-(``prior/after/<metric>_<part>``, e.g. bleu_en-de), the new task's METRIC after, forgetting,
+(``prior/after/<metric>_<part>``, e.g. bleu_en-de for a language pair, or
+``prior/after/<metric>/<part>``, e.g. accuracy/mnist for a CLIP dataset), the new task's METRIC
+after, forgetting,
 CD rate and rehearsal precision; then the prior main metric after per seed. The first row is f0
 (the prior model's values before fine-tuning, the same for every run of a task).
 """
@@ -37,9 +39,8 @@ def main(db: str, task: str, names: list[str]) -> None:
         by_label[run["methods"]].append({**metrics[run["id"]], "seed": run["seed"]})
     keys = []
     for name in names:
-        parts = sorted(
-            {k for m in metrics.values() for k in m if k.startswith(f"prior/after/{name}_")}
-        )
+        prefixes = (f"prior/after/{name}_", f"prior/after/{name}/")
+        parts = sorted({k for m in metrics.values() for k in m if k.startswith(prefixes)})
         keys += [f"prior/after/{name}", *parts, f"new/after/{name}"]
     keys += ["prior/derived/forgetting", "prior/derived/cd_rate", "run/derived/rehearsal_precision"]
     heads = [k.replace("/after/", " ").replace("/derived/", " ").replace("run ", "") for k in keys]
