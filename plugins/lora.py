@@ -8,6 +8,8 @@ Defaults:
 - ``r=8``; the adapted modules are the task family's choice (``Task.lora_target_modules``:
   the attention ``query`` and ``value`` projections of BERT-family encoders, the paper's
   RoBERTa/DeBERTa GLUE setting, W_q and W_v); ``--set lora.target_modules=a,b`` overrides it.
+  A task that implements no default, run without ``target_modules``, is refused before
+  anything is stored.
 - ``lora_alpha = 2r``: the design's choice (a common rule of thumb, not from the paper, which
   sets alpha to the first r it tries and leaves it there).
 - ``dropout=0.1`` on the adapter input: the design's choice (peft's default is 0; the paper's
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from forgetbench.api import ForgetbenchError, Method, check, hookimpl
+from forgetbench.api import ForgetbenchError, Method, Task, check, hookimpl
 
 
 @dataclass
@@ -58,17 +60,28 @@ def target_modules(ctx, model, configured: tuple[str, ...] | None) -> list[str]:
     """The configured targets, else the task family's default."""
     targets = configured or ctx.task.lora_target_modules(model)
     if not targets:
-        raise ForgetbenchError(
-            f"lora: task {ctx.task.metadata.name!r} names no default target modules;"
-            " name them with --set lora.target_modules=NAME,NAME"
-        )
+        raise no_targets(ctx.task.metadata.name)
     return list(targets)
+
+
+def no_targets(task: str) -> ForgetbenchError:
+    return ForgetbenchError(
+        f"lora: task {task!r} names no default target modules;"
+        " name them with --set lora.target_modules=NAME,NAME"
+    )
 
 
 class Lora(Method):
     name = "lora"
     description = "LoRA adapters (peft) on the prior model; the new head trains in full"
     Config = LoraMethodConfig
+
+    def check_task(self, task):
+        # a task with no family default and no configured targets: refused before anything runs
+        if not self.config.target_modules and (
+            type(task).lora_target_modules is Task.lora_target_modules
+        ):
+            raise no_targets(task.metadata.name)
 
     @hookimpl
     def forgetbench_wrap_model(self, ctx, model):

@@ -1,15 +1,19 @@
 """lora: what trains, what stays frozen, merging, and runs through the engine."""
 
+from dataclasses import replace
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import torch
 from method_helpers import metrics, run_tiny, tiny_context, tiny_model, train_batch
 
-from forgetbench.api import Method
+from forgetbench.api import Method, Task
 from forgetbench.config import build_config
 from forgetbench.errors import ForgetbenchError
 from forgetbench.hookspecs import hookimpl
+from forgetbench.runner import RunRequest, execute, resolve
+from forgetbench.testing import TinyTextTask, registry_with
 from forgetbench_plugins.lora import Lora, LoraMethodConfig, target_modules
 
 
@@ -43,6 +47,20 @@ def wrap(config: LoraMethodConfig | None = None):
     base = {name: value.clone() for name, value in model.state_dict().items()}
     wrapped = Lora(config).forgetbench_wrap_model(ctx=ctx, model=model)
     return ctx, data, wrapped, base
+
+
+def test_a_task_without_default_targets_is_refused_before_anything_is_stored(db):
+    class NoTargets(TinyTextTask):
+        metadata = replace(TinyTextTask.metadata, name="tiny-no-targets")
+        lora_target_modules = Task.lora_target_modules  # the base's: no family default
+
+    registry = registry_with(tasks=(NoTargets,))
+    request = RunRequest(task="tiny-no-targets", methods=["lora"], seed=0, steps=2)
+    with pytest.raises(ForgetbenchError, match=r"names no default target modules; name them"):
+        execute(request, db=db, registry=registry)
+    assert not Path(db).exists()  # refused before the store is opened
+    configured = replace(request, overrides={"lora.target_modules": "query,value"})
+    assert resolve(configured, registry).methods[0].config.target_modules == ("query", "value")
 
 
 def test_only_adapters_and_the_new_head_train():
