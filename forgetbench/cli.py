@@ -302,10 +302,34 @@ def _print_run(store, run_id: int) -> None:
         cells = [values.get(f"{split}/{stage}/{name}") for stage in ("before", "after", "derived")]
         table.add_row(split, name, *["" if v is None else format_value(v) for v in cells])
     out.print(table)
+    series = _series_table(store.get_series(run_id))
+    if series is not None:
+        out.print(series)
     if run["error"]:
         out.print(f"error: {run['error']}")
     if run["compute"]:
         out.print("compute: " + ", ".join(f"{k}={v}" for k, v in run["compute"].items()))
+
+
+def _series_table(points: list[tuple[str, int, float]]) -> Table | None:
+    """One row per stored series (training loss, mix-cd's per-bin damage-rate estimates,
+    WiSE-FT's grid): its points and its first and last value with their steps (None: none)."""
+    from forgetbench.report import format_value
+
+    by_name: dict[str, list[tuple[int, float]]] = {}
+    for name, step, value in points:
+        by_name.setdefault(name, []).append((step, value))
+    if not by_name:
+        return None
+    table = Table(title="series: first and last point (plot --run draws them)")
+    for column in ("series", "points", "first", "last"):
+        table.add_column(column, justify="left" if column == "series" else "right")
+    for name, values in sorted(by_name.items()):
+        values.sort()
+        (first_step, first), (last_step, last) = values[0], values[-1]
+        table.add_row(escape(name), str(len(values)), f"{format_value(first)} @{first_step}",
+                      f"{format_value(last)} @{last_step}")  # fmt: skip
+    return table
 
 
 @app.command()

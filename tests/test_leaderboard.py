@@ -150,6 +150,21 @@ def test_show_prints_small_values(toy):
     assert "[steps=20,lr=0.0001]" in text
 
 
+def test_show_summarises_each_series_by_its_first_and_last_point(db):
+    from frontier_helpers import store_run
+
+    curves = [("train/loss", step, 3.0 - step / 10) for step in (3, 1, 2)]  # stored unsorted
+    curves += [("mixcd/alpha/label=0", step, 0.5 + step / 100) for step in (0, 10, 20)]
+    run_id = store_run(Store(db), "mixcd", "mixcd", 0, 0.7, 0.8, curves=curves)
+    lines = [
+        " ".join(line.split()) for line in invoke("show", str(run_id), "--db", db).splitlines()
+    ]
+    assert "│ mixcd/alpha/label=0 │ 3 │ 0.5000 @0 │ 0.7000 @20 │" in lines
+    assert "│ train/loss │ 3 │ 2.9000 @1 │ 2.7000 @3 │" in lines
+    bare = store_run(Store(db), "finetune", "finetune", 0, 0.5, 0.9)
+    assert "series" not in invoke("show", str(bare), "--db", db)
+
+
 def test_sql_view_matches_the_leaderboard(toy):
     with closing(sqlite3.connect(toy)) as connection:
         connection.row_factory = sqlite3.Row
