@@ -23,6 +23,10 @@ $F sweep --task "$TASK" -m finetune -m random -m mixcd -m wise-ft -m lora -m ldi
     -m flow --seeds "$SEEDS" --db "$DB"
 $F sweep --task "$TASK" -m mixcd -m random --grid mixcd.mix_ratio=0.125 \
     --grid random.mix_ratio=0.125,0.5 --seeds "$SEEDS" --db "$DB"
+# LDIFS and L2-SP at stronger settings; LoRA at 4x and 10x the run's learning rate
+$F sweep --task "$TASK" -m ldifs -m l2sp --grid ldifs.lam=1000,10000 --grid l2sp.alpha=1.0 \
+    --seeds "$SEEDS" --db "$DB"
+$F sweep --task "$TASK" -m lora --grid lr=2e-3,5e-3 --seeds "$SEEDS" --db "$DB"
 
 $F leaderboard --db "$DB" --task "$TASK" --format markdown
 for pair in "mixcd random" "mixcd finetune" "wise-ft finetune" "ldifs l2sp" "lora finetune" \
