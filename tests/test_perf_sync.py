@@ -1,7 +1,8 @@
 """No per-step wait for a GPU in the methods' hooks and the task families' forwards (text, QA,
-translation, CLIP), checked on the CPU: a batch moved to PyTorch's ``meta`` device has bookkeeping tensors whose values cannot be
-read (``.cpu()``, ``.tolist()``, ``.item()`` raise), so a hook that still read them on the device
-(a host-device synchronisation on a GPU) fails here; and a dispatch mode records the operations
+translation, CLIP), checked on the CPU: a batch moved to PyTorch's ``meta`` device has
+bookkeeping tensors whose values cannot be read (``.cpu()``, ``.tolist()``, ``.item()`` raise),
+so a hook that still read them on the device (a host-device synchronisation on a GPU) fails
+here; and a dispatch mode records the operations
 whose output shape or value depends on a tensor's contents (``nonzero``, ``.item()``, boolean
 masks), each of which waits for a GPU. Results stay the same bit for bit."""
 
