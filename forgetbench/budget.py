@@ -191,11 +191,7 @@ def budget(
         raise ForgetbenchError(f"budget needs two different methods, got {a!r} twice")
     if metric is not None and (not metric.strip() or "," in metric):
         raise ForgetbenchError(f"budget --metric takes one prior metric name, got {metric!r}")
-    points = collect(store, task, wise_ft_grid=False)
-    if metric is not None:
-        points = collect(
-            store, task, wise_ft_grid=False, metrics=(metric.strip(), points.new_metric)
-        )
+    points = collect(store, task, wise_ft_grid=False, metrics=(metric and metric.strip(), None))
     first, second = rehearsal_configs(store, points, a), rehearsal_configs(store, points, b)
     seeds = sorted({s for c in first.values() for s in c} & {s for c in second.values() for s in c})
     if not seeds:

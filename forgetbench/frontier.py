@@ -172,12 +172,15 @@ def parse_metrics(text: str | None) -> tuple[str, str] | None:
 
 
 def collect(
-    store: Store, task: str, wise_ft_grid: bool = True, metrics: tuple[str, str] | None = None
+    store: Store,
+    task: str,
+    wise_ft_grid: bool = True,
+    metrics: tuple[str | None, str | None] | None = None,
 ) -> TaskPoints:
     """Per-seed points of every method and config of ``task`` (its latest ok run per seed).
 
-    ``metrics``: the (prior, new) metric names of the two axes; default the task's main
-    metrics. A run that did not store one of them is left out.
+    ``metrics``: the (prior, new) metric names of the two axes; None (for both, or for one)
+    keeps the task's main metric. A run that did not store one of them is left out.
 
     A run whose stack has ``wise-ft`` also gives its alpha grid (series
     ``wise-ft/prior/<prior metric>`` and ``wise-ft/new/<new metric>``, step = 100 * alpha):
@@ -190,17 +193,20 @@ def collect(
     values = store.get_metrics(run["id"] for run in runs)
     directions = store.get_directions(run["id"] for run in runs)
     first = runs[0]
-    prior, new = metrics or (first["prior_metric"], first["new_metric"])
+    prior, new = metrics or (None, None)
+    prior, new = prior or first["prior_metric"], new or first["new_metric"]
     keys = (f"prior/after/{prior}", f"new/after/{new}")
     for key in keys:
         if not any(key in metric for metric in values.values()):
             raise ForgetbenchError(
                 f"no finished run of task {task!r} stored {key}" + _names(values, key)
             )
-    stored = {}
-    for run in runs:
-        stored = {**directions[run["id"]], **stored}  # the first run that has a key decides
-    higher = (stored.get(keys[0], True), stored.get(keys[1], True))
+    # each axis in the direction the first run that stored its metric gave it
+    prior_higher, new_higher = (
+        next((directions[run["id"]][key] for run in runs if key in directions[run["id"]]), True)
+        for key in keys
+    )
+    higher = (prior_higher, new_higher)
     points = TaskPoints(task, prior, new, higher)
     for run in runs:
         metric = values[run["id"]]

@@ -6,9 +6,9 @@ For each methods label (mean ± sample std over its seeds; ok runs only): each M
 prior eval set after fine-tuning, its per-part values where the task stores them
 (``prior/after/<metric>_<part>``, e.g. bleu_en-de for a language pair, or
 ``prior/after/<metric>/<part>``, e.g. accuracy/mnist for a CLIP dataset), the new task's METRIC
-after, forgetting,
-CD rate and rehearsal precision; then the prior main metric after per seed. The first row is f0
-(the prior model's values before fine-tuning, the same for every run of a task).
+after, forgetting, CD rate and rehearsal precision; then the prior main metric after per seed.
+The first row is f0 (the prior model's values before fine-tuning, the same for every run of a
+task).
 """
 
 from __future__ import annotations
