@@ -196,18 +196,7 @@ def collect(
     prior, new = metrics or (None, None)
     prior, new = prior or first["prior_metric"], new or first["new_metric"]
     keys = (f"prior/after/{prior}", f"new/after/{new}")
-    for key in keys:
-        if not any(key in metric for metric in values.values()):
-            raise ForgetbenchError(
-                f"no finished run of task {task!r} stored {key}" + _names(values, key)
-            )
-    # each axis in the direction the first run that stored its metric gave it
-    prior_higher, new_higher = (
-        next((directions[run["id"]][key] for run in runs if key in directions[run["id"]]), True)
-        for key in keys
-    )
-    higher = (prior_higher, new_higher)
-    points = TaskPoints(task, prior, new, higher)
+    points = TaskPoints(task, prior, new, _directions(task, runs, values, directions, keys))
     for run in runs:
         metric = values[run["id"]]
         if not all(key in metric for key in keys):
@@ -224,6 +213,21 @@ def collect(
         if all(key in metric for key in before):
             points.f0.setdefault(run["seed"], (metric[before[0]], metric[before[1]]))
     return points
+
+
+def _directions(task: str, runs, values, directions, keys: tuple[str, str]) -> tuple[bool, bool]:
+    """Each axis' direction, as the first run that stored its metric gave it; a metric no run
+    stored is one error naming the stored ones."""
+    for key in keys:
+        if not any(key in metric for metric in values.values()):
+            raise ForgetbenchError(
+                f"no finished run of task {task!r} stored {key}" + _names(values, key)
+            )
+    prior, new = (
+        next((directions[run["id"]][key] for run in runs if key in directions[run["id"]]), True)
+        for key in keys
+    )
+    return prior, new
 
 
 def _names(values: dict[int, dict[str, float]], key: str) -> str:
