@@ -39,6 +39,14 @@ DbOption = Annotated[
     ),
 ]
 
+MetricOption = Annotated[
+    str | None,
+    typer.Option(
+        "--metric",
+        help="metric of both axes (e.g. chrf), or PRIOR,NEW (default: the task's main metrics)",
+    ),
+]
+
 
 SetOption = Annotated[
     list[str] | None,
@@ -191,20 +199,25 @@ def leaderboard(
     ci: Annotated[
         bool, typer.Option("--ci", help="± is the 95% confidence interval, not the std")
     ] = False,
+    metric: MetricOption = None,
     db: DbOption = None,
 ):
     """Aggregate finished runs over seeds (mean±std); * marks the Pareto front."""
     _quiet_libraries()
+    from forgetbench.frontier import parse_metrics
     from forgetbench.report import as_records, columns, markdown, pick_columns, record_keys
     from forgetbench.report import leaderboard as build
     from forgetbench.store import Store
 
     if format_ not in ("table", "markdown", "csv", "json"):
         raise ForgetbenchError(f"--format must be table, markdown, csv or json, got {format_!r}")
+    metrics = parse_metrics(metric)
+    if metrics and task is None:
+        raise ForgetbenchError("--metric goes with --task (metric names are a task's)")
     store = Store(db, read_only=True)
     if task is not None:
         _check_task_name(store, task)
-    rows = build(store, task)
+    rows = build(store, task, metrics)
     shown = pick_columns(columns(rows), columns_)
     if format_ in ("json", "csv"):
         _print_records(as_records(rows, shown), format_, record_keys(shown))
@@ -214,15 +227,15 @@ def leaderboard(
     elif format_ == "markdown":
         print(markdown(rows, shown, ci))
     else:
-        _print_leaderboard(rows, shown, ci, chosen=columns_ is not None)
+        _print_leaderboard(rows, shown, ci, chosen=columns_ is not None, metrics=metrics)
 
 
-def _print_leaderboard(rows, shown: list[tuple], ci: bool, chosen: bool) -> None:
+def _print_leaderboard(rows, shown: list[tuple], ci: bool, chosen: bool, metrics=None) -> None:
     """One table per task, fitted to the terminal (80 columns off a terminal), and the
-    footnote defining its columns."""
+    footnote defining its columns (of ``--metric``'s metrics when given)."""
     from forgetbench.report import render
 
-    tables, notes = render(rows, shown, out.width, ci, chosen)
+    tables, notes = render(rows, shown, out.width, ci, chosen, metrics)
     for table in tables:  # wider than the terminal only for --columns that do not fit
         wide = table.min_width or 0  # rich clamps print(width=) to the console's: widen it
         console = out if wide <= out.width else Console(width=wide, file=out.file)
@@ -489,13 +502,6 @@ def _print_sweep_summary(result) -> None:
         )
 
 
-MetricOption = Annotated[
-    str | None,
-    typer.Option(
-        "--metric",
-        help="metric of both axes (e.g. chrf), or PRIOR,NEW (default: the task's main metrics)",
-    ),
-]
 WiseFtGridOption = Annotated[
     bool,
     typer.Option(

@@ -218,16 +218,21 @@ def collect(
 def _directions(task: str, runs, values, directions, keys: tuple[str, str]) -> tuple[bool, bool]:
     """Each axis' direction, as the first run that stored its metric gave it; a metric no run
     stored is one error naming the stored ones."""
-    for key in keys:
-        if not any(key in metric for metric in values.values()):
-            raise ForgetbenchError(
-                f"no finished run of task {task!r} stored {key}" + _names(values, key)
-            )
+    check_stored(task, values, keys)
     prior, new = (
         next((directions[run["id"]][key] for run in runs if key in directions[run["id"]]), True)
         for key in keys
     )
     return prior, new
+
+
+def check_stored(task: str | None, values: dict[int, dict[str, float]], keys) -> None:
+    """Every metric key in ``keys`` was stored by some run of ``values`` ({run id: metrics}),
+    else one error with a did-you-mean and the names that were stored."""
+    scope = f" of task {task!r}" if task else ""
+    for key in keys:
+        if not any(key in metric for metric in values.values()):
+            raise ForgetbenchError(f"no finished run{scope} stored {key}" + _names(values, key))
 
 
 def _names(values: dict[int, dict[str, float]], key: str) -> str:

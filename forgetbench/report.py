@@ -15,7 +15,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from forgetbench.errors import ForgetbenchError, did_you_mean
-from forgetbench.frontier import summary
+from forgetbench.frontier import check_stored, summary
 from forgetbench.registry import Registry, get_registry
 from forgetbench.store import Store, latest_runs
 
@@ -109,17 +109,28 @@ class Row:
         return t_quantile_975(n - 1) * self.std(key) / math.sqrt(n)
 
 
-def leaderboard(store: Store, task: str | None = None) -> list[Row]:
+def leaderboard(
+    store: Store, task: str | None = None, metrics: tuple[str, str] | None = None
+) -> list[Row]:
     """Rows of ``ok`` runs grouped by (task, config hash) (see :func:`latest_runs`). Main
-    metrics and their directions are those each run stored (its task's metadata)."""
+    metrics and their directions are those each run stored (its task's metadata).
+
+    ``metrics``: (prior, new) metric names to show instead of the main ones (``--metric``):
+    prior/after, new/after, forgetting and the Pareto marks are then of those; a run that
+    did not store both is left out, and none storing them is one error naming the stored
+    ones."""
     runs = latest_runs(store, task)
     values = store.get_metrics(run["id"] for run in runs)
     directions = store.get_directions(run["id"] for run in runs)
+    if metrics:
+        keys = (f"prior/after/{metrics[0]}", f"new/after/{metrics[1]}")
+        check_stored(task, values, keys)
+        runs = [run for run in runs if all(key in values[run["id"]] for key in keys)]
     rows: dict[tuple[str, str], Row] = {}
     for run in runs:
         key = (run["task"], run["config_hash"])
         if key not in rows:
-            rows[key] = _new_row(run, directions[run["id"]])
+            rows[key] = _new_row(run, directions[run["id"]], metrics)
         _add_run(rows[key], run, values[run["id"]])
     result = sorted(rows.values(), key=lambda r: (r.task, -_nan_low(r.goodness("prior_after"))))
     _mark_pareto(result)
@@ -127,8 +138,8 @@ def leaderboard(store: Store, task: str | None = None) -> list[Row]:
     return result
 
 
-def _new_row(run: dict, directions: dict[str, bool]) -> Row:
-    prior, new = run["prior_metric"], run["new_metric"]
+def _new_row(run: dict, directions: dict[str, bool], metrics: tuple[str, str] | None) -> Row:
+    prior, new = metrics or (run["prior_metric"], run["new_metric"])
     return Row(
         run["task"],
         run["methods"],
@@ -150,6 +161,13 @@ def _add_run(row: Row, run: dict, run_metrics: dict[str, float]) -> None:
         "cd_rate": "prior/derived/cd_rate",
     }
     picks.update({k.split("/", 2)[2]: k for k in run_metrics if k.startswith("run/derived/")})
+    if row.prior_metric != run["prior_metric"]:  # --metric: forgetting in the chosen metric
+        del picks["forgetting"]
+        before = run_metrics.get(f"prior/before/{row.prior_metric}")
+        if before is not None:
+            sign = 1.0 if row.prior_higher_is_better else -1.0
+            after = run_metrics[picks["prior_after"]]
+            row.values["forgetting"].append(-(sign * (after - before)))
     for column, name in picks.items():
         if name in run_metrics:
             row.values[column].append(run_metrics[name])
@@ -352,27 +370,49 @@ def fit_columns(
     return shown
 
 
-def footnote(shown: list[tuple], hidden: list[tuple], ci: bool) -> list[str]:
-    """Definitions of the shown columns, what ± means, and which columns were left out."""
+def footnote(
+    shown: list[tuple], hidden: list[tuple], ci: bool, metrics: tuple[str, str] | None = None
+) -> list[str]:
+    """Definitions of the shown columns (of ``metrics`` where ``--metric`` chose them), what ±
+    means, and which columns were left out."""
     spread = (
         "± half-width of the 95% Student t interval of the mean over seeds"
         if ci
         else "± standard deviation over seeds (--ci for 95% intervals)"
     )
-    lines = [f"{header}: {DEFINITIONS.get(key, 'a diagnostic its method stores')}"
+    definitions = _definitions(metrics)
+    lines = [f"{header}: {definitions.get(key, 'a diagnostic its method stores')}"
              for key, header, _ in shown]  # fmt: skip
-    lines += [spread, "*: no other config of the task is as good on both main metrics"]
+    both = "main metrics" if not metrics else " and ".join(dict.fromkeys(metrics))
+    lines += [spread, f"*: no other config of the task is as good on both {both}"]
     if hidden:
         names = ", ".join(key for key, _, _ in hidden)
         lines.append(f"not shown for width: {names} (--columns to pick, or a wider terminal)")
     return lines
 
 
+def _definitions(metrics: tuple[str, str] | None) -> dict[str, str]:
+    """The columns' definitions, naming ``--metric``'s metrics instead of the main ones."""
+    if not metrics:
+        return DEFINITIONS
+    prior, new = metrics
+    return DEFINITIONS | {
+        "prior_after": f"the prior task's {prior} after fine-tuning",
+        "new_after": f"the new task's {new} after fine-tuning",
+        "forgetting": DEFINITIONS["forgetting"].replace("the prior main metric", prior),
+    }
+
+
 def render(
-    rows: list[Row], available: list[tuple], width: int, ci: bool = False, chosen: bool = False
+    rows: list[Row],
+    available: list[tuple],
+    width: int,
+    ci: bool = False,
+    chosen: bool = False,
+    metrics: tuple[str, str] | None = None,
 ) -> tuple[list[Table], list[str]]:
     """One table per task fitting ``width`` (all ``available`` columns when ``chosen``), and
-    the footnote lines."""
+    the footnote lines (of ``metrics`` where ``--metric`` chose them)."""
     tasks: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         tasks[row.task].append(row)
@@ -385,7 +425,7 @@ def render(
         tables.append(table)
     present = {c[0] for c in available if any(row.values.get(c[0]) for row in rows)}
     hidden = [c for c in available if c[0] in present and c[0] not in shown_keys]
-    return tables, footnote(list(shown_keys.values()), hidden, ci)
+    return tables, footnote(list(shown_keys.values()), hidden, ci, metrics)
 
 
 def markdown(rows: list[Row], shown: list[tuple], ci: bool = False) -> str:

@@ -202,3 +202,46 @@ def test_columns_wider_than_the_terminal_keep_the_labels_and_whole_headers(toy):
     assert header.split()[:2] == ["methods", "n"]  # the labels are not squeezed out
     assert "…" not in output  # no header cut to an ellipsis
     assert any(line.split()[:2] in (["*", "finetune"], ["finetune", "3"]) for line in lines)
+
+
+def test_metric_option_shows_another_stored_metric_in_its_direction(db):
+    """``--metric loss``: the columns, forgetting and Pareto marks follow the lower-is-better
+    loss (on which random is the better config), not the main accuracy (mixcd's); a run that
+    did not store the loss is left out, and an unstored name is one error line."""
+    from frontier_helpers import store_run
+
+    store = Store(db)
+    for seed in range(2):
+        for stack, accuracy, loss in (("mixcd", (0.7, 0.8), 0.9), ("random", (0.6, 0.7), 0.5)):
+            extra = (
+                Metric("prior", "after", "loss", loss + 0.1 * seed, False),
+                Metric("new", "after", "loss", loss, False),
+                Metric("prior", "before", "loss", 0.4, False),
+            )
+            store_run(store, stack, stack, seed, *accuracy, extra=extra)
+    store_run(store, "finetune", "finetune", 0, 0.2, 0.9)  # stored no loss
+    main = {row.methods: row for row in leaderboard(Store(db, read_only=True), "toy")}
+    assert {label for label, row in main.items() if row.pareto} == {"mixcd", "finetune"}
+    rows = leaderboard(Store(db, read_only=True), "toy", ("loss", "loss"))
+    by_label = {row.methods: row for row in rows}
+    assert set(by_label) == {"mixcd", "random"}
+    random = by_label["random"]
+    assert (random.prior_metric, random.prior_higher_is_better) == ("loss", False)
+    assert random.values["prior_after"] == [0.5, 0.6]
+    assert random.values["forgetting"] == pytest.approx([0.1, 0.2])  # after - before: lower better
+    assert [row.methods for row in rows if row.pareto] == ["random"]
+    mixed = leaderboard(Store(db, read_only=True), "toy", ("loss", "accuracy"))
+    assert {row.methods: row.mean("new_after") for row in mixed} == {"mixcd": 0.8, "random": 0.7}
+
+    text = " ".join(invoke("leaderboard", "--db", db, "-t", "toy", "--metric", "loss").split())
+    assert "prior/after: the prior task's loss after fine-tuning" in text
+    assert "forgetting: prior/before - prior/after of loss" in text
+    assert "as good on both loss" in text
+    assert "toy: loss (lower better)" in text
+    for args, message in (
+        (["--metric", "loss"], "--metric goes with --task"),
+        (["-t", "toy", "--metric", "los"], "did you mean 'loss'"),
+    ):
+        result = CliRunner().invoke(app, ["leaderboard", "--db", db, *args])
+        assert result.exit_code != 0
+        assert message in str(result.exception)
