@@ -31,7 +31,7 @@ from rich.table import Table
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.frontier import TaskPoints, collect, method_name, resample_seeds
-from forgetbench.store import Store, latest_runs
+from forgetbench.store import Store, config_labels, latest_runs
 
 REHEARSED = "run/derived/rehearsed"
 RANK = {"<": 0, "=": 1, ">": 2}
@@ -86,8 +86,10 @@ def censored_interval(outcomes: Sequence[Bound], level: float = 0.95) -> tuple[B
     below the exact ones, ``>`` above; the ends are order statistics (inverted CDF)."""
     order = sorted(outcomes, key=lambda b: (RANK[b.kind], b.value))
     tail, n = (1 - level) / 2, len(order)
-    low = order[max(0, math.ceil(tail * n) - 1)]
-    high = order[min(n - 1, math.ceil((1 - tail) * n) - 1)]
+    # rounded first: (1 - 0.95) / 2 * 2000 is 50.000000000000044 in floats, whose ceiling
+    # would take the 51st value for the 50th
+    low = order[max(0, math.ceil(round(tail * n, 9)) - 1)]
+    high = order[min(n - 1, math.ceil(round((1 - tail) * n, 9)) - 1)]
     return low, high
 
 
@@ -119,6 +121,7 @@ def rehearsal_configs(store: Store, points: TaskPoints, name: str) -> Configs:
     """{config label: {seed: (rehearsed, prior/after oriented)}} of method stack ``name``."""
     points.method(name)  # a clear error for an unknown method
     runs = [r for r in latest_runs(store, points.task) if method_name(r) == name]
+    labels = config_labels(runs)  # as the frontier's (labels of other stacks never collide)
     values = store.get_metrics(run["id"] for run in runs)
     sign = 1.0 if points.higher[0] else -1.0
     key = f"prior/after/{points.prior_metric}"
@@ -132,7 +135,7 @@ def rehearsal_configs(store: Store, points: TaskPoints, name: str) -> Configs:
                 f"run {run['id']} ({run['methods']}, seed {run['seed']}) stored no rehearsed"
                 f" count ({REHEARSED}): budget compares rehearsal methods (mixcd, random)"
             )
-        configs.setdefault(run["methods"], {})[run["seed"]] = (
+        configs.setdefault(labels[run["config_hash"]], {})[run["seed"]] = (
             metric[REHEARSED],
             sign * metric[key],
         )

@@ -15,8 +15,10 @@ Frontier score: the hypervolume (area) dominated by a method's frontier of per-c
 above a reference point shared by every method compared on the task. The default reference is
 the nadir (worst value on each axis) of every point compared: every config, every seed, and f0
 (the prior model before fine-tuning, whose new value is normally the worst new value), pushed
-out by 10% of each axis' range so that the extreme points still add area. A method that neither
-forgets nor learns scores 0; larger is better.
+out by 10% of each axis' range so that the extreme points still add area; larger is better. A
+method that neither forgets nor learns (at f0) scores only the margin's small area. The
+reference is the pair's, so a score means something beside the other method's of the same
+comparison, not beside a score from another pair.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from forgetbench.errors import ForgetbenchError, did_you_mean
-from forgetbench.store import Store, latest_runs
+from forgetbench.store import Store, config_labels, latest_runs
 
 Point = tuple[float, float]
 REFERENCE_MARGIN = 0.1
@@ -45,13 +47,16 @@ def dominates(a: Point, b: Point, higher: tuple[bool, bool] = (True, True)) -> b
 
 
 def pareto_front(points: Sequence[Point], higher: tuple[bool, bool] = (True, True)) -> list[int]:
-    """Indices of the points no other point dominates, ordered by the first axis (best first)."""
+    """Indices of the points no other point dominates, ordered by the first axis (best first);
+    of equal points only the first (a WiSE-FT run's own point is also its grid's point at the
+    deployed alpha)."""
+    first = {point: i for i, point in reversed(list(enumerate(points)))}
     front = [
         i
-        for i, point in enumerate(points)
+        for point, i in first.items()
         if not any(dominates(other, point, higher) for other in points)
     ]
-    return sorted(front, key=lambda i: -_orient(points[i], higher)[0])
+    return sorted(front, key=lambda i: (-_orient(points[i], higher)[0], i))
 
 
 def hypervolume(
@@ -79,7 +84,7 @@ def front_dominates(
     """Every point of ``b`` is matched or dominated by a point of ``a``, and the two fronts
     differ (so two identical fronts dominate neither way)."""
     covered = all(any(p == q or dominates(p, q, higher) for p in a) for q in b)
-    return covered and sorted(a) != sorted(b)
+    return covered and set(a) != set(b)
 
 
 @dataclass
@@ -197,18 +202,16 @@ def collect(
     prior, new = prior or first["prior_metric"], new or first["new_metric"]
     keys = (f"prior/after/{prior}", f"new/after/{new}")
     points = TaskPoints(task, prior, new, _directions(task, runs, values, directions, keys))
+    labels = config_labels(runs)  # a config is its hash, shown by its label
     for run in runs:
         metric = values[run["id"]]
         if not all(key in metric for key in keys):
             continue
-        name = method_name(run)
+        name, label = method_name(run), labels[run["config_hash"]]
         method = points.methods.setdefault(name, MethodPoints(name, use_grid=wise_ft_grid))
-        method.configs.setdefault(run["methods"], {})[run["seed"]] = (
-            metric[keys[0]],
-            metric[keys[1]],
-        )
+        method.configs.setdefault(label, {})[run["seed"]] = (metric[keys[0]], metric[keys[1]])
         for alpha, point in wise_ft_grid_points(store, run, prior, new).items():
-            method.grid.setdefault(run["methods"], {}).setdefault(alpha, {})[run["seed"]] = point
+            method.grid.setdefault(label, {}).setdefault(alpha, {})[run["seed"]] = point
         before = (f"prior/before/{prior}", f"new/before/{new}")
         if all(key in metric for key in before):
             points.f0.setdefault(run["seed"], (metric[before[0]], metric[before[1]]))
@@ -341,7 +344,7 @@ def verdict(a: Sequence[Point], b: Sequence[Point], higher) -> str:
         return "a"
     if front_dominates(front_b, front_a, higher):
         return "b"
-    return "equal" if sorted(front_a) == sorted(front_b) else "neither"
+    return "equal" if set(front_a) == set(front_b) else "neither"
 
 
 def compare(
@@ -368,6 +371,7 @@ def compare(
         return score(first, reference, higher, chosen), score(second, reference, higher, chosen)
 
     score_a, score_b = both(seeds)
+    intervals = _intervals(both, seeds, resamples, seed)
     per_seed = [
         SeedComparison(
             s,
@@ -384,12 +388,23 @@ def compare(
         reference,
         score_a,
         score_b,
-        bootstrap_interval(lambda c: both(c)[0], seeds, resamples, seed),
-        bootstrap_interval(lambda c: both(c)[1], seeds, resamples, seed),
-        bootstrap_interval(lambda c: float(np.subtract(*both(c))), seeds, resamples, seed),
+        *intervals,
         verdict(list(first.means(seeds).values()), list(second.means(seeds).values()), higher),
         per_seed,
     )
+
+
+def _intervals(both, seeds: list[int], resamples: int, seed: int) -> list[tuple[float, float]]:
+    """Bootstrap intervals of A's score, B's and their difference (``both(seeds)`` gives the
+    two scores); nan with one seed, which resampled is that seed every time."""
+    if len(seeds) < 2:
+        return [(float("nan"), float("nan"))] * 3
+    statistics = (
+        lambda c: both(c)[0],
+        lambda c: both(c)[1],
+        lambda c: float(np.subtract(*both(c))),
+    )
+    return [bootstrap_interval(f, seeds, resamples, seed) for f in statistics]
 
 
 def summary(result: Comparison) -> str:
@@ -402,7 +417,9 @@ def summary(result: Comparison) -> str:
         "equal": f"{a} and {b} have the same frontier",
         "neither": f"the frontiers of {a} and {b} cross (neither dominates)",
     }[result.verdict]
-    if low > 0 or high < 0:
+    if len(result.seeds) < 2:
+        clear = "one seed in common: no interval, run both on more seeds"
+    elif low > 0 or high < 0:
         winner = a if low > 0 else b
         clear = f"{winner} scores higher; the {result.level:.0%} interval excludes 0"
     else:

@@ -17,7 +17,7 @@ from rich.table import Table
 from forgetbench.errors import ForgetbenchError, did_you_mean
 from forgetbench.frontier import check_stored, summary
 from forgetbench.registry import Registry, get_registry
-from forgetbench.store import Store, latest_runs
+from forgetbench.store import Store, config_labels, latest_runs
 
 # (key, header, decimals): metrics show mean ± spread, compute (decimals 0, or 1 for ratios)
 # its mean. Methods add their own diagnostics (``Method.columns``) after these.
@@ -127,10 +127,11 @@ def leaderboard(
         check_stored(task, values, keys)
         runs = [run for run in runs if all(key in values[run["id"]] for key in keys)]
     rows: dict[tuple[str, str], Row] = {}
+    labels = config_labels(runs)
     for run in runs:
         key = (run["task"], run["config_hash"])
         if key not in rows:
-            rows[key] = _new_row(run, directions[run["id"]], metrics)
+            rows[key] = _new_row(run, directions[run["id"]], metrics, labels[run["config_hash"]])
         _add_run(rows[key], run, values[run["id"]])
     result = sorted(rows.values(), key=lambda r: (r.task, -_nan_low(r.goodness("prior_after"))))
     _mark_pareto(result)
@@ -138,11 +139,11 @@ def leaderboard(
     return result
 
 
-def _new_row(run: dict, directions: dict[str, bool], metrics: tuple[str, str] | None) -> Row:
+def _new_row(run: dict, directions: dict[str, bool], metrics, label: str) -> Row:
     prior, new = metrics or (run["prior_metric"], run["new_metric"])
     return Row(
         run["task"],
-        run["methods"],
+        label,
         run["config_hash"],
         prior,
         new,
@@ -454,6 +455,8 @@ def parse_reference(text: str | None) -> tuple[float, float] | None:
 
 
 def _interval(bounds: tuple[float, float]) -> str:
+    if any(math.isnan(bound) for bound in bounds):
+        return "n/a"
     return f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
 
 
@@ -491,6 +494,10 @@ def comparison_tables(result) -> list:
             escape(words[seed.verdict]),
         )
     notes = [escape(summary(result))]
+    if 1 < len(result.seeds) < 5:
+        notes.append(
+            f"only {len(result.seeds)} seeds in common: run 5 or more for an interval to quote."
+        )
     if any("+" in points.methods[name].describe() for name in (a, b)):
         notes.append(
             "configs N+Ma: N configs and M WiSE-FT grid points (one per alpha and config),"

@@ -229,19 +229,37 @@ def method_label(
     methods: list[Method],
     train: TrainConfig | None = None,
     train_default: TrainConfig | None = None,
+    extra: str = "",
 ) -> str:
     """``mixcd(mix_ratio=0.2)+wise-ft [lr=0.001]``: method names with their non-default
-    settings, then the training settings that differ from the task's defaults."""
+    settings, then the training settings that differ from the task's defaults and ``extra``."""
     parts = []
     for method in methods:
         args = _changed(method.config, method.default_config()) if method.config else ""
         parts.append(f"{method.name}({args})" if args else method.name)
     label = "+".join(parts)
-    if train is not None and train_default is not None:
-        changed = _changed(train, train_default)
-        if changed:
-            label += f" [{changed}]"
-    return label
+    changed = _changed(train, train_default) if train is not None and train_default else ""
+    changed = ",".join(part for part in (changed, extra) if part)
+    return label + (f" [{changed}]" if changed else "")
+
+
+def run_label(resolved: ResolvedRun) -> str:
+    """The stored label of a run: :func:`method_label` of what its config hash covers, so two
+    configs never share one. Operational settings (``device``, ``checkpoint_every``, ...) are
+    left out (the hash leaves them out: same experiment); the task config's non-default
+    values (``task.new_train_size=64``) and ``--prior-model`` are added."""
+    task_cls = type(resolved.task)
+    default = TrainConfig(**task_cls.train_defaults)
+    operational = {name: getattr(default, name) for name in operational_settings()}
+    train = dataclasses.replace(resolved.train, **operational)
+    extra = []
+    task_config = getattr(resolved.task, "config", None)
+    if task_cls.Config is not None and task_config is not None:
+        changed = _changed(task_config, build_config(task_cls.Config, {}, "task"))
+        extra += [f"task.{part}" for part in changed.split(",") if part]
+    if resolved.config.get("prior_model"):
+        extra.append(f"prior_model={resolved.config['prior_model']}")
+    return method_label(resolved.methods, train, default, ",".join(extra))
 
 
 def _chain(hook_caller, **kwargs):
@@ -416,9 +434,7 @@ def _start_row(store: Store, request: RunRequest, resolved: ResolvedRun) -> int:
         family=meta.family,
         prior_metric=meta.prior_metric,
         new_metric=meta.new_metric,
-        methods=method_label(
-            resolved.methods, resolved.train, TrainConfig(**type(task).train_defaults)
-        ),
+        methods=run_label(resolved),
         config=resolved.config,
         config_hash=resolved.config_hash,
         seed=request.seed,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import socket
 import sqlite3
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from forgetbench.errors import ForgetbenchError
+
+log = logging.getLogger("forgetbench")
 
 DB_ENV = "FORGETBENCH_DB"
 DEFAULT_DB = "results.db"
@@ -621,8 +625,37 @@ def dumps(value: Any) -> str:
 
 def latest_runs(store: Store, task: str | None = None) -> list[dict]:
     """The ``ok`` runs, one per (task, config hash, seed): a seed run twice counts once (its
-    latest run). Failed runs never appear."""
+    latest run). Failed runs never appear. Of each task only the runs of its current version
+    (that of its latest run) count: another version is other data or another protocol, whose
+    numbers must not share a table or a frontier; the runs left out are logged."""
     latest: dict[tuple[str, str, int], dict] = {}
+    current: dict[str, str] = {}
     for run in store.get_runs(status="ok", task=task):  # ordered by id: later reruns win
         latest[run["task"], run["config_hash"], run["seed"]] = run
-    return list(latest.values())
+        current[run["task"]] = run["task_version"]
+    runs = [run for run in latest.values() if run["task_version"] == current[run["task"]]]
+    older = Counter(run["task"] for run in latest.values()) - Counter(r["task"] for r in runs)
+    for name, count in sorted(older.items()):
+        log.warning(
+            "task %s: %d run(s) of older task versions left out (its current version is %s)",
+            name,
+            count,
+            current[name],
+        )
+    return runs
+
+
+def config_labels(runs: list[dict]) -> dict[str, str]:
+    """{config hash: label} for ``runs``: each config's stored label (the shortest where its
+    runs stored several, e.g. one with a ``device`` setting, which is not in the hash), with
+    ``#<hash>`` added where configs of one task would otherwise share a label."""
+    labels: dict[tuple[str, str], str] = {}
+    for run in runs:
+        key = (run["task"], run["config_hash"])
+        label = run["methods"]
+        labels[key] = min(labels.get(key, label), label, key=lambda text: (len(text), text))
+    shared = Counter((task, label) for (task, _), label in labels.items())
+    return {
+        digest: label + (f" #{digest[:7]}" if shared[task, label] > 1 else "")
+        for (task, digest), label in labels.items()
+    }

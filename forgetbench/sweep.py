@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 
 from forgetbench import runner
-from forgetbench.config import TrainConfig
 from forgetbench.errors import ForgetbenchError
 from forgetbench.registry import Registry
-from forgetbench.runner import RunRequest, method_label
+from forgetbench.runner import RunRequest, run_label
 from forgetbench.store import Store
 
 EXECUTORS = ("local", "ray")
@@ -118,9 +117,7 @@ def plan(spec: SweepSpec, registry: Registry | None = None) -> list[PlannedRun]:
     planned = []
     for request in expand(spec, registry):
         resolved = runner.resolve(request, registry)
-        defaults = TrainConfig(**type(resolved.task).train_defaults)
-        label = method_label(resolved.methods, resolved.train, defaults)
-        planned.append(PlannedRun(request, label, resolved.config_hash))
+        planned.append(PlannedRun(request, run_label(resolved), resolved.config_hash))
     return planned
 
 

@@ -19,19 +19,22 @@ def store_run(
     curves=(),
     derived: dict[str, float] | None = None,
     extra: tuple[Metric, ...] = (),
+    config_hash: str | None = None,
+    task_version: str = "1",
 ) -> int:
     """A finished run of method stack ``stack`` (config label ``label``) on task ``toy``;
     ``derived`` becomes ``run/derived/<name>`` metrics, ``curves`` its series, ``extra`` is
-    stored as well (metrics besides the main ones)."""
+    stored as well (metrics besides the main ones); ``config_hash`` defaults to one per
+    label."""
     run_id = store.start_run(
         task="toy",
-        task_version="1",
+        task_version=task_version,
         family="text-classification",
         prior_metric="accuracy",
         new_metric="accuracy",
         methods=label,
         config={"methods": [{"name": name, "config": {}} for name in stack.split("+")]},
-        config_hash=f"hash-{label}",
+        config_hash=config_hash or f"hash-{label}",
         seed=seed,
         model="m",
         data_fingerprints={},

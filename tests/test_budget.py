@@ -35,6 +35,17 @@ def test_envelope_and_interpolation_by_hand():
     assert envelope([(100, 0.5), (100, 0.6)]) == [(100, 0.6)]
 
 
+def test_censored_interval_ends_are_the_inverted_cdf_order_statistics():
+    """2000 outcomes 1..2000 at 95%: the 50th and the 1950th (numpy's inverted CDF), not the
+    51st a float rounding of 2.5% of 2000 would give."""
+    import numpy as np
+
+    values = [float(i) for i in range(1, 2001)]
+    low, high = censored_interval([Bound("=", v) for v in values])
+    expected = np.percentile(values, [2.5, 97.5], method="inverted_cdf")
+    assert (low.value, high.value) == (50.0, 1950.0) == tuple(expected)
+
+
 def test_censored_interval_puts_bounds_at_the_ends():
     exact = [Bound("=", v) for v in (1.0, 2.0, 3.0)]
     assert censored_interval(exact * 10) == (Bound("=", 1.0), Bound("=", 3.0))

@@ -352,3 +352,28 @@ def test_frozen_norm_stats_keep_batchnorm_in_eval_mode_while_training():
     assert all(norm.training for norm in norms)
     model.clip.visual(torch.randn(4, 3, 32, 32))
     assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
+
+
+def test_hub_class_names_read_underscores_as_spaces_like_local_folders(monkeypatch, tmp_path):
+    """CIFAR-100's hub names (``lawn_mower``) give the same prompts as its ImageFolder copy
+    (a folder ``lawn_mower`` reads as ``lawn mower``); nothing is downloaded."""
+    import datasets
+
+    from forgetbench_tasks.clip import eurosat
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (4, 4)).save(image)
+    features = datasets.Features(
+        {
+            "img": datasets.Image(),
+            "fine_label": datasets.ClassLabel(names=["lawn_mower", "aquarium_fish"]),
+        }
+    )
+    rows = datasets.Dataset.from_dict(
+        {"img": [str(image)] * 2, "fine_label": [0, 1]}, features=features
+    )
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: rows)
+    names, images, labels = eurosat.read_hub("cifar100", "test")
+    assert names == ["lawn mower", "aquarium fish"]
+    assert labels == [0, 1]
+    assert images[0] == image.read_bytes()

@@ -293,3 +293,19 @@ def test_method_label_shows_non_default_method_and_train_settings(tiny_registry)
     assert label == "mixcd(mix_ratio=0.5)+wise-ft [lr=0.01]"
     plain = resolve(RunRequest(task="tiny", methods=["mixcd"]), tiny_registry)
     assert method_label(plain.methods, plain.train, default) == "mixcd"
+
+
+def test_run_label_names_what_the_hash_covers_and_nothing_else(tiny_registry):
+    """Two configs never share a label: the task config's changes and ``--prior-model`` are in
+    it; settings the hash leaves out (device, checkpoints) are not, so one config has one."""
+    from forgetbench.runner import RunRequest, resolve, run_label
+
+    def label(overrides, **request):
+        run = RunRequest(task="tiny", methods=["mixcd"], overrides=overrides, **request)
+        return run_label(resolve(run, tiny_registry))
+
+    assert label({}) == "mixcd"
+    assert label({"lr": "0.01", "checkpoint_every": "5", "device": "cpu"}) == "mixcd [lr=0.01]"
+    small, large = label({"task.new_train_size": "16"}), label({"task.new_train_size": "24"})
+    assert small == "mixcd [task.new_train_size=16]"
+    assert large == "mixcd [task.new_train_size=24]"

@@ -3,6 +3,8 @@ metric directions; ``forgetbench compare`` on a store of hand-made runs."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from frontier_helpers import store_run, wise_ft_series
 from typer.testing import CliRunner
@@ -18,8 +20,10 @@ from forgetbench.frontier import (
     hypervolume,
     pareto_front,
     parse_metrics,
+    summary,
     verdict,
 )
+from forgetbench.report import leaderboard
 from forgetbench.store import Metric, Store
 
 # Three points on a staircase and one inside it. Higher is better on both axes:
@@ -280,3 +284,59 @@ def test_cli_compare_on_another_metric(two_metrics):
     result = CliRunner().invoke(app, [*args, "--metric", "loss"])
     assert result.exit_code == 0, result.output
     assert "random's frontier dominates mixcd's" in " ".join(result.output.split())
+
+
+def test_a_config_is_its_hash_not_its_label(db):
+    """Two configs that stored one label (e.g. a task setting older labels left out) stay two,
+    told apart by their hash; one config whose runs stored two labels (an operational setting
+    such as ``device`` in the label) stays one."""
+    store = Store(db)
+    for seed in range(3):
+        store_run(store, "mixcd", "mixcd", seed, 0.7, 0.6, config_hash="aaaaaaa1")
+        store_run(store, "mixcd", "mixcd", seed, 0.4, 0.3, config_hash="bbbbbbb2")
+        label = "random [device=cuda]" if seed == 2 else "random"
+        store_run(store, "random", label, seed, 0.5, 0.5, config_hash="ccccccc3")
+    points = collect(Store(db, read_only=True), "toy")
+    assert set(points.methods["mixcd"].configs) == {"mixcd #aaaaaaa", "mixcd #bbbbbbb"}
+    assert points.methods["random"].configs == {"random": {s: (0.5, 0.5) for s in range(3)}}
+    assert compare(points, "mixcd", "random", resamples=200).verdict == "a"
+    rows = leaderboard(Store(db, read_only=True), "toy")
+    assert sorted(row.methods for row in rows) == ["mixcd #aaaaaaa", "mixcd #bbbbbbb", "random"]
+
+
+def test_runs_of_an_older_task_version_are_left_out_with_a_warning(db, caplog):
+    store = Store(db)
+    for seed in range(2):
+        store_run(store, "mixcd", "mixcd", seed, 0.9, 0.9, config_hash="v1", task_version="1")
+        store_run(store, "mixcd", "mixcd", seed, 0.4, 0.3, config_hash="v2", task_version="2")
+        store_run(store, "random", "random", seed, 0.5, 0.5, task_version="2")
+    with caplog.at_level("WARNING", logger="forgetbench"):
+        points = collect(Store(db, read_only=True), "toy")
+    assert points.methods["mixcd"].configs == {"mixcd": {0: (0.4, 0.3), 1: (0.4, 0.3)}}
+    assert "task toy: 2 run(s) of older task versions left out (its current version is 2)" in (
+        caplog.text
+    )
+    assert {row.methods for row in leaderboard(Store(db, read_only=True), "toy")} == {
+        "mixcd",
+        "random",
+    }
+
+
+def test_equal_fronts_are_equal_however_often_a_point_repeats():
+    assert verdict([(0.5, 0.5), (0.5, 0.5)], [(0.5, 0.5)], (True, True)) == "equal"
+    assert pareto_front([(0.5, 0.5), (0.6, 0.1), (0.5, 0.5)]) == [1, 0]
+    assert not front_dominates([(0.5, 0.5), (0.5, 0.5)], [(0.5, 0.5)])
+
+
+def test_one_common_seed_gives_no_interval_and_no_claim(db):
+    store = Store(db)
+    store_run(store, "mixcd", "mixcd", 0, 0.7, 0.6)
+    for seed in range(2):
+        store_run(store, "random", "random", seed, 0.5, 0.5)
+    result = compare(collect(Store(db, read_only=True), "toy"), "mixcd", "random", resamples=200)
+    assert all(math.isnan(bound) for bound in result.interval_difference)
+    assert "no interval" in summary(result)
+    assert "excludes 0" not in summary(result)
+    output = CliRunner().invoke(app, ["compare", "mixcd", "random", "-t", "toy", "--db", db])
+    assert output.exit_code == 0, output.output
+    assert "n/a" in output.output

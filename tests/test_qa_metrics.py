@@ -90,3 +90,15 @@ def test_bins():
     ]
     assert answer_bins(examples).tolist() == [0, 1, 2, 3]
     assert category_bins(["what", "who", "what"]).tolist() == [0, 1, 0]
+
+
+def test_f1_is_the_v1_1_one_for_a_prediction_normalised_to_nothing():
+    """SQuAD v1.1's script: no token in common is F1 0, even against a gold answer that also
+    normalises to nothing ("A"); exact match compares the two empty strings and is 1. The
+    totals are float64 means of the per-example scores."""
+    exact, f1, total = squad_scores(["the", "a", "amp"], [["amp", "A"], ["x"], ["amp", "A"]])
+    assert exact.tolist() == [1.0, 0.0, 1.0]
+    assert f1.tolist() == [0.0, 0.0, 1.0]
+    assert total == {"exact_match": 2 / 3, "f1": 1 / 3}
+    many = squad_scores(["cat sat on"] * 3000, [["the cat sat"]] * 3000)
+    assert many[2]["f1"] == float(np.mean(many[1]))

@@ -168,3 +168,13 @@ def test_defaults_and_metadata():
     assert spec.key["max_length"] == 384
     with pytest.raises(ValueError, match="new_eval_fraction"):
         SquadConfig(new_eval_fraction=1.0)
+
+
+def test_a_squad_question_without_an_answer_is_one_line_error(data_dir, offline_datasets):
+    unanswerable = row("5a8d7bf7df8bba001a0f9ab1", "No answer here.", "Why?", [])
+    write_jsonl(data_dir / "squad_validation.jsonl", [*SQUAD_VALIDATION, unanswerable])
+    with pytest.raises(ForgetbenchError) as error:
+        SquadTask(SquadConfig(data_dir=str(data_dir))).load_data(None)
+    message = str(error.value)
+    assert message.startswith("squad: squad question 5a8d7bf7df8bba001a0f9ab1 has no gold answer")
+    assert "\n" not in message

@@ -28,6 +28,8 @@ from forgetbench.testing import registry_with
 REGISTRY = registry_with()
 # 2 configs (steps) x 2 seeds of plain fine-tuning on the tiny task: seconds each.
 SPEC = SweepSpec("tiny", ["finetune"], {"steps": ["2", "3"]}, [0, 1], dict(SMALL))
+# the task settings a run's label shows after its training settings
+SMALL_LABEL = ",".join(f"{key}={value}" for key, value in sorted(SMALL.items()))
 
 
 def test_parse_seeds_and_grid():
@@ -68,7 +70,10 @@ def check_stored(db: str, runs: int) -> None:
     store = Store(db, read_only=True)
     assert len(store.get_runs(status="ok")) == runs
     rows = leaderboard(store)
-    assert sorted(row.methods for row in rows) == ["finetune [steps=2]", "finetune [steps=3]"]
+    assert sorted(row.methods for row in rows) == [
+        f"finetune [steps=2,{SMALL_LABEL}]",
+        f"finetune [steps=3,{SMALL_LABEL}]",
+    ]
     assert all(sorted(row.seeds) == [0, 1] for row in rows)
 
 
@@ -77,7 +82,7 @@ def test_sweep_in_this_process_skips_finished_runs_unless_forced(db):
     result = run_sweep(SPEC, db, registry_factory=registry_with, echo=lines.append)
     assert [o.ok for o in result.outcomes] == [True] * 4
     assert lines[0] == "sweep: 4 runs to do, 0 already finished"
-    assert lines[-1].startswith("[4/4] ok finetune [steps=3] seed 1: run 4")
+    assert lines[-1].startswith(f"[4/4] ok finetune [steps=3,{SMALL_LABEL}] seed 1: run 4")
     check_stored(db, 4)
     again = run_sweep(SPEC, db, registry_factory=registry_with, echo=lines.append)
     assert (again.outcomes, len(again.skipped)) == ([], 4)
@@ -101,9 +106,9 @@ def test_a_failed_run_is_listed_and_the_sweep_goes_on(db, monkeypatch, capsys):
     args += ["--set", "steps=2", *(f"--set={k}={v}" for k, v in SMALL.items()), "--db", db]
     code, stdout, stderr = cli(args, monkeypatch, capsys)
     assert code == 1
-    text = " ".join(stdout.split())
+    text = "".join(stdout.splitlines())  # a label longer than the terminal folds: rejoin it
     assert "sweep done: 1 ok, 1 failed, 0 skipped" in text
-    label = "mixcd(partitions=['abc']) [steps=2]"
+    label = f"mixcd(partitions=['abc']) [steps=2,{SMALL_LABEL}]"
     assert f"failed: {label} seed 0 (run 2): ForgetbenchError: mixcd: this task has no" in text
     assert f"FAILED {label} seed 0" in stderr
     assert [r["status"] for r in Store(db).get_runs()] == ["ok", "failed"]

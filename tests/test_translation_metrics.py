@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from forgetbench.errors import ForgetbenchError
 from forgetbench_tasks.translation.metrics import (
     corpus_scores,
     pair_metrics,
@@ -71,3 +72,30 @@ def test_signatures_name_the_settings_and_version():
     assert found["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
     assert "nc:6|nw:0" in found["chrf"]
     assert found["bleu"].endswith(f"version:{sacrebleu.__version__}")
+
+
+def test_bleu_tokenizes_by_target_language():
+    """Chinese has no spaces: with 13a a one-character slip leaves no 4-gram, and the pair's
+    BLEU would be 0; with sacrebleu's zh tokenizer (chosen for a ``*-zh`` pair) each character
+    is a token, and so is its signature."""
+    hypotheses, references = (
+        ["我喜欢吃苹果和香蕉", "今天天气很好"],
+        ["我喜欢吃苹果和橘子", "今天天气很好"],
+    )
+    chinese = pair_metrics(["en-zh", "en-zh"], hypotheses, references)
+    assert chinese["bleu_en-zh"] > 50
+    assert corpus_scores(hypotheses, references)["bleu"] < 1  # 13a: each sentence one word
+    found = signatures(["de", "zh"])
+    assert "tok:13a" in found["bleu"]
+    assert "tok:zh" in found["bleu_zh"]
+    assert "bleu_de" not in found  # 13a, the default: one signature
+    assert signatures(["de", "fr", "es"]) == signatures()
+
+
+def test_a_target_language_whose_tokenizer_is_missing_is_one_clear_error():
+    import importlib.util
+
+    if importlib.util.find_spec("MeCab") is not None:
+        pytest.skip("MeCab is installed here")
+    with pytest.raises(ForgetbenchError, match=r"pip install 'sacrebleu\[ja\]'"):
+        signatures(["ja"])

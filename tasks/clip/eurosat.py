@@ -112,7 +112,8 @@ def read_local(data_dir: str, dataset: str, split: str) -> tuple[list[str], list
 
 
 def read_hub(dataset: str, split: str) -> tuple[list[str], list, list[int]]:
-    """Class names, encoded image bytes and labels of a hub dataset's split."""
+    """Class names (``_`` as a space, as in local folders and CLIP's prompts), encoded image
+    bytes and labels of a hub dataset's split."""
     import datasets
 
     source = HUB_SOURCES.get(dataset)
@@ -129,7 +130,8 @@ def read_hub(dataset: str, split: str) -> tuple[list[str], list, list[int]]:
         item["bytes"] if item["bytes"] is not None else Path(item["path"]).read_bytes()
         for item in rows[source.image]
     ]
-    return list(rows.features[source.label].names), images, list(rows[source.label])
+    names = [name.replace("_", " ") for name in rows.features[source.label].names]
+    return names, images, list(rows[source.label])  # "lawn_mower": "lawn mower", as read_local
 
 
 @dataclass

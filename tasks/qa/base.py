@@ -20,6 +20,8 @@ import functools
 import hashlib
 import json
 import math
+import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +250,8 @@ def best_spans(
 
 # -- metrics -----------------------------------------------------------------------------------
 
+PUNCTUATION = frozenset(string.punctuation)
+
 
 def squad_scores(
     predictions: Sequence[str], references: Sequence[Sequence[str]]
@@ -268,8 +272,19 @@ def squad_scores(
     each = [squad(pred, target) for pred, target in zip(preds, targets, strict=True)]
     exact = np.asarray([float(s["exact_match"]) / 100 for s in each])
     f1 = np.asarray([float(s["f1"]) / 100 for s in each])
-    total = squad(preds, targets)
-    return exact, f1, {name: float(value) / 100 for name, value in total.items()}
+    # v1.1's F1 is 0 for a prediction with no token left after normalisation (no token in
+    # common), where torchmetrics follows v2.0 and gives 1 against an answer normalised to
+    # nothing as well ("the" against "A")
+    f1[[not normalize_answer(text).split() for text in predictions]] = 0.0
+    # the means in float64 (torchmetrics sums in float32)
+    return exact, f1, {"exact_match": float(exact.mean()), "f1": float(f1.mean())}
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, punctuation and the articles a, an, the
+    removed, white space collapsed."""
+    text = "".join(c for c in text.lower() if c not in PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
 # -- the family's base task --------------------------------------------------------------------

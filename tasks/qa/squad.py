@@ -63,8 +63,14 @@ def load_rows(data_dir: str | None, local_name: str, hub: str, split: str) -> li
 
 
 def to_example(row: dict[str, Any], source: str) -> dict[str, Any]:
-    """A hub row as a task example (the dataset's own id kept as ``qid``)."""
+    """A hub row as a task example (the dataset's own id kept as ``qid``); a question without a
+    gold answer (SQuAD v2.0's unanswerable ones) is an error: v1.1's metrics need one."""
     answers = row["answers"]
+    if not answers["text"]:
+        raise ForgetbenchError(
+            f"squad: {source} question {row['id']} has no gold answer (extractive QA here is"
+            " SQuAD v1.1: every question has one; drop unanswerable questions from the file)"
+        )
     return {
         "id": stable_id(f"{source}:{row['id']}"),
         "qid": str(row["id"]),

@@ -222,7 +222,7 @@ class GettextMTTask(Seq2SeqTask):
             provenance={
                 "catalogues": fingerprint,
                 "debian_packages": " ".join(f"{p}={v}" for p, v in sorted(versions.items())),
-                **{f"sacrebleu_{k}": v for k, v in signatures().items()},
+                **{f"sacrebleu_{k}": v for k, v in signatures(self.languages()).items()},
             },
         )
 

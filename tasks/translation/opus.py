@@ -169,7 +169,10 @@ class M2M100Task(Seq2SeqTask):
         return TaskData(
             *(Split(name, examples) for name, examples in splits.items()),
             info={"dataset": OPUS_HUB if not config.data_dir else config.data_dir},
-            provenance={f"sacrebleu_{k}": v for k, v in signatures().items()},
+            provenance={
+                f"sacrebleu_{k}": v
+                for k, v in signatures(pair.rpartition("-")[2] for pair in pairs).items()
+            },
         )
 
     def build_prior(self, ctx: RunContext, data: TaskData) -> ModelBundle:
