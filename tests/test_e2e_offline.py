@@ -59,7 +59,8 @@ def test_cli_run_leaderboard_show_on_the_offline_scenario(env):
     board = cli("leaderboard", "--format", "json", env=env)
     assert board.returncode == 0, board.stderr
     rows = json.loads(board.stdout)
-    assert [row["methods"] for row in rows] == ["mixcd [batch_size=8,steps=4]"]
+    task = "task.prior_eval_size=64,task.prior_train_size=256,task.stage0_steps=4"
+    assert [row["methods"] for row in rows] == [f"mixcd [batch_size=8,steps=4,{task}]"]
     assert rows[0]["seeds"] == 1  # a rerun of one seed is not a second seed
     assert 0.0 <= rows[0]["prior_after_mean"] <= 1.0
 

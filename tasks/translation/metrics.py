@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
-from forgetbench.errors import ForgetbenchError
+from forgetbench.api import ForgetbenchError
 
 
 def bleu(target_language: str = "") -> BLEU:
