@@ -39,6 +39,11 @@ def tiny_request(methods: list[str]) -> RunRequest:
     return RunRequest(task="tiny", methods=methods, seed=0, steps=2, overrides=dict(SMALL))
 
 
+def finished_label(db: str) -> str:
+    (run,) = Store(db).get_runs(status="ok")
+    return run["methods"]
+
+
 def test_exception_marks_the_run_failed_and_keeps_it_off_the_leaderboard(db):
     registry = registry_with(SetupFails)
     finished = execute(tiny_request(["finetune"]), db=db, registry=registry)
@@ -47,11 +52,13 @@ def test_exception_marks_the_run_failed_and_keeps_it_off_the_leaderboard(db):
     store = Store(db)
     (failed,) = store.get_runs(status="failed")
     assert failed["error"] == "RuntimeError: setup exploded on purpose"
-    assert failed["methods"].startswith("setup-fails [steps=2,task.")  # then the small task
+    label = finished_label(db)
+    assert label.startswith("finetune [steps=2,task.")  # then the small task's settings
+    assert failed["methods"] == label.replace("finetune", "setup-fails", 1)
     assert failed["finished_at"] is not None
     assert store.get_metrics([failed["id"]])[failed["id"]] == {}
     rows = leaderboard(store)
-    assert [row.methods for row in rows] == ["finetune [steps=2]"]
+    assert [row.methods for row in rows] == [finished_label(db)]
     assert [run["id"] for run in store.get_runs(status="ok")] == [finished]
 
 
