@@ -56,6 +56,7 @@ __all__ = [
     "TrainConfig",
     "cached_dir",
     "check",
+    "check_prior_slots",
     "did_you_mean",
     "hash_dir",
     "hash_file",
@@ -338,7 +339,7 @@ class PriorSampler(ABC):
 
     def count(self, batch_size: int) -> int:
         """How many of ``batch_size`` slots go to prior samples."""
-        return round(self.mix_ratio * batch_size)
+        return prior_slots(self.mix_ratio, batch_size)
 
     @abstractmethod
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -350,6 +351,28 @@ class PriorSampler(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore :meth:`state_dict`."""
+
+
+def prior_slots(mix_ratio: float, batch_size: int) -> int:
+    """The prior samples in a batch of ``batch_size`` at ``mix_ratio`` (rounded to nearest)."""
+    return round(mix_ratio * batch_size)
+
+
+def check_prior_slots(method: str, mix_ratio: float, batch_size: int) -> None:
+    """A rehearsal method's ``check_train``: refuse a ``mix_ratio`` that rounds to no prior
+    sample in a batch (the run would rehearse nothing) or to the whole batch (it would learn no
+    new-task sample)."""
+    slots = prior_slots(mix_ratio, batch_size)
+    if mix_ratio > 0 and slots == 0:
+        raise ForgetbenchError(
+            f"{method}.mix_ratio={mix_ratio} gives no prior sample in a batch of {batch_size}:"
+            f" raise mix_ratio above {0.5 / batch_size:.3g} or the batch size"
+        )
+    if slots >= batch_size:
+        raise ForgetbenchError(
+            f"{method}.mix_ratio={mix_ratio} gives all {batch_size} slots of a batch to prior"
+            " samples, none to the new task: lower mix_ratio or raise the batch size"
+        )
 
 
 class Method:
@@ -386,6 +409,11 @@ class Method:
         """Refuse a task this method cannot run on, with a ForgetbenchError saying why: called
         while a request is validated, before anything is stored or computed (a sweep checks
         every run of its grid first). Default: every task."""
+
+    def check_train(self, train: TrainConfig) -> None:
+        """Refuse training settings this method's config cannot run with (the rehearsal
+        methods: a ``mix_ratio`` that rounds to no prior sample at this ``batch_size``), like
+        :meth:`check_task`: before anything is stored. Default: any settings."""
 
 
 class Task(ABC):

@@ -20,6 +20,7 @@ from forgetbench.api import Batch, Compute, ModelBundle, PerSample, PriorPredict
 from forgetbench.cache import cached_dir, hash_json
 from forgetbench.config import TrainConfig
 from forgetbench.errors import ForgetbenchError
+from forgetbench.fingerprint import evaluation_settings, task_identity
 from forgetbench.progress import progress
 
 if TYPE_CHECKING:
@@ -253,10 +254,11 @@ class RunContext:
 class PriorCache:
     """f0's per-sample loss, success and confidence on the prior train set.
 
-    Keyed by the prior model's identity and the split's fingerprint, shared on disk by every run
-    and method. Building it is one inference pass; a method that relies on it charges that pass
-    to its own compute (a cache hit must not change a run's reported cost). Only valid while
-    the model is still f0: a first request after training started is refused.
+    Keyed by the prior model's identity, the split's fingerprint, the task (class, version,
+    config, source code) and the evaluation settings; shared on disk by every run and method.
+    Building it is one inference pass; a method that relies on it charges that pass to its own
+    compute (a cache hit must not change a run's reported cost). Only valid while the model is
+    still f0: a first request after training started is refused.
     """
 
     def __init__(self, ctx: RunContext, split: Split):
@@ -281,7 +283,17 @@ class PriorCache:
 
     def _load(self) -> PriorPredictions:
         bundle = self.ctx.bundle
-        key = hash_json({"model": bundle.identity, "data": self.split.fingerprint(), "v": 2})
+        key = hash_json(
+            {
+                "model": bundle.identity,
+                "data": self.split.fingerprint(),
+                # what the task's forward reads (max_length, a success threshold, ...), its
+                # code, and the settings that change the numbers (precision, device, ...)
+                **task_identity(self.ctx.task),
+                "settings": evaluation_settings(self.ctx),
+                "v": 3,
+            }
+        )
 
         def build(directory: Path) -> dict:
             # Inference here is the cache's, not a run's: counted by whoever relies on it.

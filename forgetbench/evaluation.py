@@ -6,14 +6,10 @@ by f0's state (:func:`evaluate_before`)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +17,9 @@ import torch
 
 from forgetbench.api import EvalResult, Split, TaskData, TaskMetadata
 from forgetbench.cache import cached_dir, hash_json
-from forgetbench.config import config_dict
 from forgetbench.context import RunContext
 from forgetbench.errors import ForgetbenchError
+from forgetbench.fingerprint import evaluation_settings, task_identity
 from forgetbench.store import Metric
 
 EVAL_CACHE_OFF_ENV = "FORGETBENCH_NO_EVAL_CACHE"
@@ -152,14 +148,11 @@ def prior_eval_key(ctx: RunContext, model: torch.nn.Module, data: TaskData) -> s
         return None
     if state is None:
         return None
-    task, bundle = ctx.task, ctx.bundle
-    cls = type(task)
+    bundle = ctx.bundle
     return hash_json(
         {
             "v": 1,
-            "task": [cls.__module__, cls.__qualname__, task.metadata.name, task.metadata.version],
-            "config": config_dict(task.config) if task.config is not None else None,
-            "source": source_digest(tuple(_packages(cls))),
+            **task_identity(ctx.task),
             "split": [data.prior_eval.name, data.prior_eval.fingerprint(), data.provenance],
             "model": [bundle.identity, bundle.source, _value_digest(bundle.extras)]
             if bundle
@@ -214,74 +207,6 @@ def _value_digest(value) -> str:
             digest.update(json.dumps(item, default=repr).encode() + b"\0")
 
     walk(value)
-    return digest.hexdigest()
-
-
-def evaluation_settings(ctx: RunContext) -> dict:
-    """What can change an evaluation's numbers besides the model and the data."""
-    device = torch.device(ctx.device)
-    accelerator = ctx.accelerator
-    settings = {
-        "device": device.type,
-        "eval_batch_size": ctx.train.eval_batch_size,
-        "precision": accelerator.state.mixed_precision
-        if accelerator
-        else ctx.train.mixed_precision,
-        "deterministic": torch.are_deterministic_algorithms_enabled(),
-        "fp32": [
-            torch.backends.cuda.matmul.fp32_precision,
-            torch.backends.cudnn.conv.fp32_precision,
-        ],
-        "threads": torch.get_num_threads(),
-        "cpu": [platform.machine(), torch.backends.cpu.get_cpu_capability()],
-        "packages": installed_packages(),
-    }
-    if device.type == "cuda":
-        settings["gpu"] = [
-            torch.cuda.get_device_name(device),
-            list(torch.cuda.get_device_capability(device)),
-            torch.version.cuda,
-            torch.backends.cudnn.version(),
-        ]
-    return settings
-
-
-@functools.cache
-def installed_packages() -> tuple[str, ...]:
-    """``name==version`` of every installed distribution (read once per process)."""
-    names = {
-        f"{(d.metadata['Name'] or '').lower()}=={d.version}"
-        for d in importlib.metadata.distributions()
-    }
-    return (f"python=={platform.python_version()}", *sorted(names))
-
-
-def _packages(cls: type) -> list[str]:
-    """The top-level packages (or modules) that define ``cls`` and its bases, and the core."""
-    tops = {klass.__module__.split(".")[0] for klass in cls.__mro__}
-    return sorted((tops - {"builtins", "abc"}) | {"forgetbench"})
-
-
-@functools.cache
-def source_digest(packages: tuple[str, ...]) -> str:
-    """sha256 over the ``.py`` files of these packages as they are on disk (read once per
-    process): a task or core edit that does not bump a version still changes the key."""
-    digest = hashlib.sha256()
-    for name in packages:
-        module = sys.modules.get(name)
-        paths = getattr(module, "__path__", None)
-        if paths:
-            files = sorted(
-                f
-                for root in paths
-                for f in Path(root).rglob("*.py")
-                if "__pycache__" not in f.parts
-            )
-        else:
-            files = [Path(module.__file__)] if getattr(module, "__file__", None) else []
-        digest.update(f"{name}:{len(files)}\0".encode())
-        for file in files:
-            digest.update(file.name.encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()
 
 

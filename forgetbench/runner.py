@@ -102,6 +102,7 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> ResolvedRu
     task = task_cls(task_config)
     for method in methods:
         method.check_task(task)
+        method.check_train(train)
     run_plugin_manager(methods)  # firstresult conflicts are errors before anything runs
     engine.check_device(train)
     if request.prior_model:

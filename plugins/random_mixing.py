@@ -18,6 +18,7 @@ from forgetbench.api import (
     PriorSampler,
     RehearsalMonitor,
     check,
+    check_prior_slots,
     hookimpl,
 )
 
@@ -50,6 +51,9 @@ class RandomMixing(Method):
     def __init__(self, config=None):
         super().__init__(config)
         self.monitor: RehearsalMonitor | None = None
+
+    def check_train(self, train):
+        check_prior_slots(self.name, self.config.mix_ratio, train.batch_size)
 
     @hookimpl
     def forgetbench_prior_sampler(self, ctx, data):

@@ -169,6 +169,29 @@ def test_confidence_filter_excludes_low_confidence_samples():
     assert ctx.compute.extra_inference == POOL  # the prior-cache pass is charged to mix-cd
 
 
+@pytest.mark.parametrize("combine", ["factorised", "joint"])
+def test_alpha_series_are_named_by_the_tasks_values_not_pool_codes(combine):
+    """f0 got every label-0 sample wrong, so label 0 has no sample in the pool: the first
+    pool bin is label 1 and its series says so; string partitions keep their names."""
+    predictions, schemes = planted(6, size=600)
+    predictions.success[schemes["label"] == 0] = False
+    genres = np.array(["fiction", "government", "travel"])[schemes["aux"]]
+    method = MixCD(MixCDConfig(partitions=("label", "genre"), combine=combine))
+    ctx, data = fake_context(predictions, {"label": schemes["label"], "genre": genres})
+    method.forgetbench_prior_sampler(ctx=ctx, data=data)
+    names = {name for name, _, _ in method.series}
+    if combine == "factorised":
+        expected = {f"mixcd/alpha/label={label}" for label in range(1, LABELS)}
+        expected |= {f"mixcd/alpha/genre={genre}" for genre in ("fiction", "government", "travel")}
+    else:
+        expected = {
+            f"mixcd/alpha/label={label}|genre={genre}"
+            for label in range(1, LABELS)
+            for genre in ("fiction", "government", "travel")
+        }
+    assert names == expected
+
+
 def test_quantile_bins_are_balanced():
     values = np.random.default_rng(0).random(1000)
     counts = np.bincount(quantile_bins(values, 4))
@@ -223,3 +246,32 @@ def test_decay_applies_every_step_with_the_probe_estimator_too():
         )
     assert estimator.seen[0][0] == pytest.approx(8 * 0.5**3)
     assert estimator.damaged[0][0] == pytest.approx(8 * 0.5**3)
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides", "message"),
+    [
+        ("mixcd", {"mixcd.mix_ratio": "0.05", "batch_size": "8"}, "gives no prior sample"),
+        ("random", {"random.mix_ratio": "0.0625", "batch_size": "8"}, "gives no prior sample"),
+        ("random", {"random.mix_ratio": "0.75", "batch_size": "2"}, "none to the new task"),
+    ],
+)
+def test_a_mix_ratio_that_rounds_to_nothing_or_everything_is_refused_up_front(
+    db, method, overrides, message
+):
+    """0.05 x 8 rounds to 0 prior samples (the run would rehearse nothing), 0.0625 x 8 = 0.5
+    rounds to 0 as well (half to even), 0.75 x 2 to 2 of 2: refused while the request is
+    validated, before the store is opened; a ratio that leaves both sides a slot runs."""
+    from pathlib import Path
+
+    from forgetbench.runner import RunRequest, execute, resolve
+    from forgetbench.testing import registry_with
+
+    request = RunRequest(task="tiny", methods=[method], overrides=overrides)
+    with pytest.raises(ForgetbenchError, match=f"{method}.mix_ratio=.* {message}"):
+        execute(request, db=db, registry=registry_with())
+    assert not Path(db).exists()
+    fine = {**overrides, "batch_size": "16"}
+    resolve(RunRequest(task="tiny", methods=[method], overrides=fine), registry_with())
+    zero = {"random.mix_ratio": "0", "batch_size": "8"}  # random at 0: plain fine-tuning
+    resolve(RunRequest(task="tiny", methods=["random"], overrides=zero), registry_with())

@@ -154,7 +154,8 @@ class ClassificationTask(Task):
         base = self.base_model_path()
         identity = hash_dir(Path(base)) if Path(base).is_dir() else base
         train = TrainConfig(steps=self.config.stage0_steps, **self.stage0_train)
-        return Stage0Spec(train=train, base=identity, key={"pooling": self.pooling})
+        key = {"pooling": self.pooling, "max_length": self.config.max_length}
+        return Stage0Spec(train=train, base=identity, key=key)
 
     def build_prior(self, ctx: RunContext, data: TaskData) -> ModelBundle:
         from transformers import AutoModel, AutoTokenizer
