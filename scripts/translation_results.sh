@@ -27,6 +27,11 @@ $F sweep --task "$TASK" -m mixcd -m random --grid mixcd.mix_ratio=0.125 \
 $F sweep --task "$TASK" -m ldifs -m l2sp --grid ldifs.lam=1000,10000 --grid l2sp.alpha=1.0 \
     --seeds "$SEEDS" --db "$DB"
 $F sweep --task "$TASK" -m lora --grid lr=2e-3,5e-3 --seeds "$SEEDS" --db "$DB"
+# LoRA on the feed-forward layers too, then on the output layer as well
+$F sweep --task "$TASK" -m lora --set lora.target_modules=q_proj,v_proj,fc1,fc2 \
+    --grid lr=5e-4,2e-3,5e-3 --seeds "$SEEDS" --db "$DB"
+$F sweep --task "$TASK" -m lora --set lora.target_modules=q_proj,v_proj,fc1,fc2,lm_head \
+    --grid lr=5e-3 --seeds "$SEEDS" --db "$DB"
 
 $F leaderboard --db "$DB" --task "$TASK" --format markdown
 for pair in "mixcd random" "mixcd finetune" "wise-ft finetune" "ldifs l2sp" "lora finetune" \
