@@ -31,6 +31,7 @@ err = Console(stderr=True)
 STATE = {"debug": False}
 TaskNameOption = Annotated[str, typer.Option("--task", "-t", help="task name")]
 ResamplesOption = Annotated[int, typer.Option(help="bootstrap resamples")]
+MAX_RESAMPLES = 1_000_000  # each one recomputes both frontiers: more is minutes for nothing
 BootstrapSeedOption = Annotated[int, typer.Option(help="seed of the bootstrap")]
 DbOption = Annotated[
     str | None,
@@ -108,6 +109,37 @@ def _interrupt(signum, _frame):
     raise Interrupted(signum)
 
 
+def _check_max_age(max_age: float) -> None:
+    from forgetbench.store import HEARTBEAT_SECONDS
+
+    least = 2 * HEARTBEAT_SECONDS / 60  # a live run's heartbeat is at most a minute old
+    if not least <= max_age <= 60 * 24 * 365:
+        raise ForgetbenchError(
+            f"--max-age must be {least:g} to 525600 minutes (a running run refreshes its"
+            f" heartbeat every {HEARTBEAT_SECONDS:g} s), got {max_age}"
+        )
+
+
+def _resume_alone(resume: int | None, task: bool, method, seed, steps, set_, prior_model):
+    """``--resume`` takes the stored run's config: any option that would change it is refused
+    (not silently ignored). Returns None (no request: the stored one)."""
+    if resume is None:
+        return None
+    given = {
+        "--task": task,
+        "--method": bool(method),
+        "--seed": seed != 0,
+        "--steps": steps is not None,
+        "--set": bool(set_),
+        "--prior-model": prior_model is not None,
+    }
+    if any(given.values()):
+        options = ", ".join(name for name, on in given.items() if on)
+        raise ForgetbenchError(
+            f"--resume {resume} continues the stored run with its own config: drop {options}"
+        )
+
+
 def _hub_network(online: bool) -> None:
     """Without ``--online`` the hub libraries work offline (local files and their cache), so a
     missing model or dataset fails at once instead of after minutes of retries; a value the
@@ -150,7 +182,7 @@ def run(
     signal.signal(signal.SIGTERM, _interrupt)
     if force and resume is None:
         raise ForgetbenchError("--force only applies to --resume")
-    request = None
+    request = _resume_alone(resume, task != "wordnet", method, seed, steps, set_, prior_model)
     if resume is None:
         request = RunRequest(
             task=task,
@@ -400,8 +432,7 @@ def runs(
             f"--status must be one of {', '.join(STATUSES)}, got {status!r}"
             + did_you_mean(status, STATUSES)
         )
-    if not max_age > 0:
-        raise ForgetbenchError(f"--max-age must be > 0 minutes, got {max_age}")
+    _check_max_age(max_age)
     if (stale or mark_failed) and status not in (None, "running"):
         raise ForgetbenchError("stale runs are running runs: drop --status")
     store = Store(db, read_only=not mark_failed)
@@ -511,6 +542,13 @@ WiseFtGridOption = Annotated[
 ]
 
 
+def _check_bootstrap(resamples: int, seed: int) -> None:
+    if not 100 <= resamples <= MAX_RESAMPLES:
+        raise ForgetbenchError(f"--resamples must be 100 to {MAX_RESAMPLES:,}, got {resamples}")
+    if not 0 <= seed < 2**63:
+        raise ForgetbenchError(f"--seed (the bootstrap's) must be >= 0, got {seed}")
+
+
 @app.command()
 def compare(
     method_a: Annotated[str, typer.Argument(help="a method (stack), e.g. mixcd")],
@@ -532,8 +570,7 @@ def compare(
     from forgetbench.report import comparison_tables, parse_reference
     from forgetbench.store import Store
 
-    if resamples < 100:
-        raise ForgetbenchError(f"--resamples must be >= 100, got {resamples}")
+    _check_bootstrap(resamples, seed)
     store = Store(db, read_only=True)
     _check_task_name(store, task)
     points = collect(store, task, wise_ft_grid, parse_metrics(metric))
@@ -562,8 +599,7 @@ def budget(
     from forgetbench.budget import budget_tables
     from forgetbench.store import Store
 
-    if resamples < 100:
-        raise ForgetbenchError(f"--resamples must be >= 100, got {resamples}")
+    _check_bootstrap(resamples, seed)
     store = Store(db, read_only=True)
     _check_task_name(store, task)
     result = match_budget(store, task, method_a, method_b, resamples, seed, metric=metric)

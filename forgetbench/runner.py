@@ -293,8 +293,10 @@ def execute(
     """
     opened = _open_parallel_run if distributed.launched() else _open_run
     store, request, resolved, run_id, lock = opened(request, db, registry, resume, force)
+    main = isinstance(store, Store) and distributed.is_main()  # the process that stores
     try:
-        Run(request, resolved, store, run_id, use_checkpoint=lock is not None).execute()
+        with store.heartbeats(run_id) if main else contextlib.nullcontext():
+            Run(request, resolved, store, run_id, use_checkpoint=lock is not None).execute()
     except KeyboardInterrupt as interrupt:
         peer = distributed.peer_failure()  # the launcher stops the others when one fails
         if peer is not None:
@@ -393,10 +395,10 @@ def _open_parallel_run(
 def _reopen_run(
     resume: int, db: str | None, registry: Registry | None, force: bool
 ) -> tuple[Store, RunRequest, ResolvedRun, int, CheckpointLock]:
-    store = Store(db)
-    previous = store.get_run(resume)
+    previous = Store(db, read_only=True).get_run(resume)  # a missing store is not created
     if previous is None:
-        raise ForgetbenchError(f"no run with id {resume} in {store.location}")
+        raise ForgetbenchError(f"no run with id {resume} in {Store(db, read_only=True).location}")
+    store = Store(db)
     if previous["status"] == "ok":
         raise ForgetbenchError(f"run {resume} already finished (status ok)")
     if store.is_live(previous) and not force:

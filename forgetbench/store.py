@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import sqlite3
+import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -35,6 +36,7 @@ DEFAULT_DB = "results.db"
 STATUSES = ("running", "ok", "failed", "interrupted")
 STALE_ERROR = "stale: process gone"
 STALE_AFTER = timedelta(minutes=30)
+HEARTBEAT_SECONDS = 60.0  # a running run's heartbeat, refreshed this often
 # Any constant works: it only has to be the same in every process migrating one database.
 PG_MIGRATION_LOCK = 0x666F7267
 
@@ -520,19 +522,50 @@ class Store:
             ]
             if curve_rows:
                 connection.execute(series.insert(), curve_rows)
-            connection.execute(
+            done = connection.execute(
                 runs.update()
-                .where(runs.c.id == run_id)
+                .where(runs.c.id == run_id, runs.c.status == "running")
                 .values(status="ok", finished_at=now(), compute=compute, error=None)
             )
+            if done.rowcount != 1:  # rolls the metrics back with it
+                row = connection.execute(sa.select(runs.c.status).where(runs.c.id == run_id))
+                status = row.scalar()
+                raise ForgetbenchError(
+                    f"run {run_id} is no longer running (another process marked it"
+                    f" {status or 'deleted'}): its results were not stored"
+                )
 
     def fail_run(self, run_id: int, error: str, status: str = "failed") -> None:
+        """Mark a running run ``failed`` (or ``interrupted``); a run already finished ``ok``
+        keeps its status and results (a signal that arrives after they were stored)."""
         with self.engine.begin() as connection:
             connection.execute(
                 runs.update()
-                .where(runs.c.id == run_id)
+                .where(runs.c.id == run_id, runs.c.status != "ok")
                 .values(status=status, error=error[:4000], finished_at=now())
             )
+
+    @contextlib.contextmanager
+    def heartbeats(self, run_id: int, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+        """Refresh the run's heartbeat every ``every`` seconds while the block runs (a thread),
+        so that a live run on another host is never taken for a stale one (``runs --stale``
+        reads the heartbeat's age there)."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                try:
+                    self.heartbeat(run_id)
+                except Exception as error:  # a busy store: the next beat tries again
+                    log.debug("heartbeat of run %s not written: %s", run_id, error)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=10)
 
     def mark_stale_failed(self, max_age: timedelta = STALE_AFTER) -> list[int]:
         """Mark the :meth:`stale_runs` failed with error ``stale: process gone``.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,18 +21,20 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 
 from forgetbench import runner
-from forgetbench.errors import ForgetbenchError
+from forgetbench.errors import ForgetbenchError, Interrupted
 from forgetbench.registry import Registry
 from forgetbench.runner import RunRequest, run_label
 from forgetbench.store import Store
 
 EXECUTORS = ("local", "ray")
+MAX_SEEDS = 10_000  # a range is expanded into a list: a typo must not fill the memory
 RegistryFactory = Callable[[], Registry] | None
 
 
 def parse_seeds(text: str) -> list[int]:
     """``0-4`` -> [0, 1, 2, 3, 4]; ``0,2,7`` and mixtures (``0-2,9``) too."""
     seeds: list[int] = []
+    seen: set[int] = set()
     for part in (p.strip() for p in text.split(",")):
         first, dash, last = part.partition("-")
         try:
@@ -40,7 +43,12 @@ def parse_seeds(text: str) -> list[int]:
             raise ForgetbenchError(f"--seeds: {part!r} is not a seed or a range like 0-4") from None
         if high < low:
             raise ForgetbenchError(f"--seeds: the range {part} is empty (write it low-high)")
-        seeds += [s for s in range(low, high + 1) if s not in seeds]
+        if low < 0 or high > runner.MAX_SEED:
+            raise ForgetbenchError(f"--seeds: seeds are 0 to {runner.MAX_SEED}, got {part}")
+        if high - low + 1 + len(seeds) > MAX_SEEDS:
+            raise ForgetbenchError(f"--seeds: at most {MAX_SEEDS:,} seeds a sweep, got {part}")
+        seeds += [s for s in range(low, high + 1) if s not in seen]
+        seen.update(range(low, high + 1))
     return seeds
 
 
@@ -162,11 +170,18 @@ def run_one(planned: PlannedRun, db: str | None, registry_factory: RegistryFacto
     return Outcome(planned.label, planned.request.seed, run_id, error, seconds)
 
 
-def _limit_threads(workers: int) -> None:
-    """Each of ``workers`` processes gets its share of the CPU cores for torch."""
+def _start_worker(workers: int) -> None:
+    """A pool process: its share of the CPU cores for torch, and SIGTERM (``timeout``, a
+    scheduler, the sweep itself stopping) as an interruption, so that its run is marked
+    ``interrupted`` as in a single run."""
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    signal.signal(signal.SIGTERM, _interrupted)
+
+
+def _interrupted(signum, _frame):
+    raise Interrupted(signum)
 
 
 def run_local(
@@ -181,7 +196,7 @@ def run_local(
     pool = ProcessPoolExecutor(
         max_workers=min(workers, len(todo)),
         mp_context=get_context("spawn"),  # forking a process that holds torch threads can hang
-        initializer=_limit_threads,
+        initializer=_start_worker,
         initargs=(workers,),
     )
     with pool:
@@ -190,6 +205,8 @@ def run_local(
             for future in as_completed(futures):
                 yield future.result()
         except BaseException:
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()  # SIGTERM: each marks its run interrupted and stops
             pool.shutdown(wait=True, cancel_futures=True)
             raise
 
@@ -216,7 +233,10 @@ def run_ray(
     local one). Ray reuses its worker processes, so a worker runs several runs in turn."""
     ray = import_ray()
     if not ray.is_initialized():
+        handler = signal.getsignal(signal.SIGTERM)
         ray.init(address=address, log_to_driver=False)
+        if callable(handler):  # Ray installs its own; SIGTERM stays an interruption
+            signal.signal(signal.SIGTERM, handler)
     remote = ray.remote(num_cpus=cpus_per_run)(run_one)
     pending = [remote.remote(planned, db, registry_factory) for planned in todo]
     try:

@@ -94,6 +94,11 @@ main()
 """
 
 
+def slow_registry():
+    """The registry of :data:`SCRIPT`'s runs, for a sweep's pool processes (picklable)."""
+    return registry_with(SlowSteps)
+
+
 def use_registry_everywhere(*methods: type) -> None:
     """For a subprocess: the installed registry plus the mock tasks and ``methods``."""
     registry = registry_with(*methods)

@@ -122,9 +122,30 @@ CASES = {
         1,
         "--status must be one of running, ok, failed, interrupted, got 'runing'",
     ),
-    "runs: zero max age": (["runs", "--max-age", "0"], 1, "--max-age must be > 0"),
-    "runs: NaN max age": (["runs", "--max-age", "nan"], 1, "--max-age must be > 0"),
+    "runs: zero max age": (["runs", "--max-age", "0"], 1, "--max-age must be 2 to 525600"),
+    "runs: infinite max age": (["runs", "--max-age", "inf"], 1, "--max-age must be 2 to"),
+    "runs: NaN max age": (["runs", "--max-age", "nan"], 1, "--max-age must be 2 to 525600"),
     "runs: stale with a status": (["runs", "--stale", "--status", "ok"], 1, "drop --status"),
+    "run: options with --resume": (
+        ["run", "--resume", "1", "--task", "wordnt", "--set", "lr=nan"],
+        1,
+        "--resume 1 continues the stored run with its own config: drop --task, --set",
+    ),
+    "sweep: a seed past the range": (
+        ["sweep", "-m", "finetune", "--seeds", "0-2147483648", "--db", "{db}"],
+        1,
+        "--seeds: seeds are 0 to 2147483647, got 0-2147483648",
+    ),
+    "compare: negative bootstrap seed": (
+        ["compare", "mixcd", "random", "--seed", "-5", "--db", "{db}"],
+        1,
+        "--seed (the bootstrap's) must be >= 0, got -5",
+    ),
+    "compare: too many resamples": (
+        ["compare", "mixcd", "random", "--resamples", "99999999999", "--db", "{db}"],
+        1,
+        "--resamples must be 100 to 1,000,000",
+    ),
 }
 
 
@@ -229,3 +250,11 @@ def test_an_empty_leaderboard_exports_a_csv_header(stored, tmp_path, monkeypatch
     assert code == 0
     assert stdout.splitlines()[0].startswith("task,methods,config,seeds,pareto,prior_metric")
     assert len(stdout.splitlines()) == 1
+
+
+def test_resuming_in_a_missing_database_creates_none(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "none.db"
+    code, _, stderr = cli(["run", "--resume", "5", "--db", str(missing)], monkeypatch, capsys)
+    assert code == 1
+    assert "no results database at" in one_error_line(stderr)
+    assert not missing.exists()

@@ -171,3 +171,38 @@ def test_empty_file_becomes_a_store(tmp_path):
     path = tmp_path / "results.db"
     path.touch()
     assert Store(str(path)).applied_migrations() == [name for name, _ in MIGRATIONS]
+
+
+def test_a_running_run_refreshes_its_heartbeat(db):
+    """A live run on another host must not look stale: its heartbeat is refreshed while it
+    runs (here every 0.05 s), and no more once it is done."""
+    import time
+
+    store = Store(db)
+    run_id = store.start_run(
+        **run_fields(hostname="elsewhere", heartbeat_at=now() - timedelta(hours=2))
+    )
+    assert [run["id"] for run in store.stale_runs(timedelta(minutes=30))] == [run_id]
+    with store.heartbeats(run_id, every=0.05):
+        time.sleep(0.5)
+        assert store.stale_runs(timedelta(minutes=30)) == []
+    last = store.get_run(run_id)["heartbeat_at"]
+    time.sleep(0.2)
+    assert store.get_run(run_id)["heartbeat_at"] == last
+
+
+def test_a_finished_run_keeps_ok_and_a_run_marked_meanwhile_stores_nothing(db):
+    """A signal after the results are stored does not mark an ``ok`` run interrupted; a run
+    another process marked failed (stale) while it ran is not flipped back to ``ok``."""
+    store = Store(db)
+    finished = store.start_run(**run_fields())
+    store.finish_run(finished, [Metric("prior", "after", "accuracy", 0.5)])
+    store.fail_run(finished, "interrupted (SIGTERM)", status="interrupted")
+    assert store.get_run(finished)["status"] == "ok"
+    assert store.get_run(finished)["error"] is None
+    marked = store.start_run(**run_fields())
+    store.fail_run(marked, "stale: process gone")
+    with pytest.raises(ForgetbenchError, match=f"run {marked} is no longer running .* failed"):
+        store.finish_run(marked, [Metric("prior", "after", "accuracy", 0.5)])
+    assert store.get_run(marked)["status"] == "failed"
+    assert store.get_metrics([marked])[marked] == {}

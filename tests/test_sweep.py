@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,9 +36,10 @@ SMALL_LABEL = ",".join(f"{key}={value}" for key, value in sorted(SMALL.items()))
 def test_parse_seeds_and_grid():
     assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
     assert parse_seeds("0-2,9,1") == [0, 1, 2, 9]
-    for bad in ("a", "3-1", "1-", ""):
+    for bad in ("a", "3-1", "1-", "", "0-2147483648", "-1", "0-20000"):
         with pytest.raises(ForgetbenchError, match="--seeds"):
             parse_seeds(bad)
+    assert len(parse_seeds("0-9999")) == 10_000
     grid = parse_grid(["mixcd.mix_ratio=0.1, 0.25", "wise-ft.grid=0,0.5;0,1", "steps=5"])
     assert grid == {"mixcd.mix_ratio": ["0.1", "0.25"], "wise-ft.grid": ["0,0.5", "0,1"]} | {
         "steps": ["5"]
@@ -203,3 +205,45 @@ def test_sigterm_stops_the_sweep_marks_the_run_and_says_how_to_continue(db, tmp_
         " continue; finished runs are skipped"
     )
     assert [run["status"] for run in Store(db).get_runs()] == ["interrupted"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_sweep_with_workers_marks_every_running_run(db, tmp_path):
+    """The pool's processes get the signal too (the sweep forwards it): each marks its run
+    ``interrupted`` instead of dying with it ``running``, and the sweep does not wait for
+    them to finish their runs."""
+    marker = tmp_path / "training"
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "SLOW_SECONDS": "0.5", "TRAINING_MARKER": str(marker)}
+    env["PYTHONPATH"] = os.pathsep.join([tests, *filter(None, [env.get("PYTHONPATH")])])
+    script = (  # the pool's processes get the tiny task and slow-steps from the factory
+        "import functools, sys\n"
+        "from reliability_helpers import SlowSteps, slow_registry, use_registry_everywhere\n"
+        "use_registry_everywhere(SlowSteps)\n"
+        "import forgetbench.sweep as sweep\n"
+        "sweep.run_sweep = functools.partial(sweep.run_sweep, registry_factory=slow_registry)\n"
+        "sys.argv = ['forgetbench', *sys.argv[1:]]\n"
+        "from forgetbench.cli import main\n"
+        "main()\n"
+    )
+    args = ["sweep", "--task", "tiny", "-m", "slow-steps", "--seeds", "0-1", "--workers", "2"]
+    args += ["--set", "steps=200", *SMALL_ARGS, "--db", db]
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(marker.exists, process, timeout=120)
+        wait_for(lambda: len(Store(db).get_runs()) == 2, process, timeout=120)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143
+    assert stderr.splitlines()[-1].startswith("sweep interrupted (SIGTERM)")
+    statuses = [run["status"] for run in Store(db).get_runs()]
+    assert statuses == ["interrupted", "interrupted"]
