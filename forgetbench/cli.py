@@ -627,7 +627,10 @@ def plot(
     from forgetbench.store import Store
 
     if (task is None) == (run_id is None):
-        raise ForgetbenchError("give --task T (frontiers) or --run ID (curves), not both")
+        which = "not both" if task is not None else "one of them"
+        raise ForgetbenchError(f"give --task T (frontiers) or --run ID (curves), {which}")
+    if out_path is not None and not out_path.strip():
+        raise ForgetbenchError("--out is empty: give a file name ending in .png or .svg")
     if metric is not None and task is None:
         raise ForgetbenchError("--metric goes with --task (the frontier plot)")
     store = Store(db, read_only=True)

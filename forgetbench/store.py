@@ -413,6 +413,12 @@ class Store:
         if not tables:
             return [name for name, _ in MIGRATIONS]
         done = set(self.applied_migrations())
+        unknown = sorted(done - {name for name, _ in MIGRATIONS})
+        if unknown:  # its tables may have columns or meanings this version does not know
+            raise ForgetbenchError(
+                f"{self.location} was written by a newer forgetbench (migration"
+                f" {', '.join(unknown)} is unknown here): upgrade forgetbench to use it"
+            )
         return [name for name, _ in MIGRATIONS if name not in done]
 
     @contextlib.contextmanager
@@ -612,6 +618,8 @@ class Store:
             return [dict(row._mapping) for row in connection.execute(query)]
 
     def get_run(self, run_id: int) -> dict | None:
+        if not 0 <= run_id < 2**63:  # no such id (and no integer the database could compare)
+            return None
         with self.engine.connect() as connection:
             row = connection.execute(sa.select(runs).where(runs.c.id == run_id)).first()
             return dict(row._mapping) if row else None

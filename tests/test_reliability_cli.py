@@ -136,6 +136,13 @@ CASES = {
         1,
         "--seeds: seeds are 0 to 2147483647, got 0-2147483648",
     ),
+    "show: a run id past any integer": (["show", "99999999999999999999"], 1, "no run with id"),
+    "plot: neither --task nor --run": (["plot", "--db", "{db}"], 1, "one of them"),
+    "plot: an empty --out": (
+        ["plot", "--task", "wordnet", "--out", "", "--db", "{db}"],
+        1,
+        "--out is empty",
+    ),
     "compare: negative bootstrap seed": (
         ["compare", "mixcd", "random", "--seed", "-5", "--db", "{db}"],
         1,

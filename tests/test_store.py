@@ -206,3 +206,17 @@ def test_a_finished_run_keeps_ok_and_a_run_marked_meanwhile_stores_nothing(db):
         store.finish_run(marked, [Metric("prior", "after", "accuracy", 0.5)])
     assert store.get_run(marked)["status"] == "failed"
     assert store.get_metrics([marked])[marked] == {}
+
+
+def test_a_store_from_a_newer_forgetbench_is_refused_untouched(db):
+    store = Store(db)
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO forgetbench_migrations (name, applied_at)"
+            " VALUES ('999_future', '2030-01-01 00:00:00')"
+        )
+    before = Path(db).read_bytes()
+    for read_only in (True, False):
+        with pytest.raises(ForgetbenchError, match=r"written by a newer forgetbench .*999_future"):
+            Store(db, read_only=read_only)
+    assert Path(db).read_bytes() == before
