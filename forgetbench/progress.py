@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -53,28 +54,41 @@ def progress(description: str, total: int, enabled: bool = True):
 
 
 @contextmanager
+def periodically(action: Callable[[], None], every: float, name: str, first: float | None = None):
+    """Call ``action`` from a thread every ``every`` seconds (the first time after ``first``)
+    while the block runs; the thread stops with the block."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        wait = every if first is None else first
+        while not stop.wait(wait):
+            action()
+            wait = every
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)  # an action stuck (a busy store) does not hold the run
+
+
+@contextmanager
 def phase(description: str):
     """A named phase of a run (loading data, evaluating, ...). A phase that lasts more than
     ``SHOWN_AFTER`` seconds says so on stderr, again every ``QUIET_SECONDS``, and how long it
     took; a short one prints nothing (so an error in it stays the only line)."""
     started = time.perf_counter()
-    stop, shown = threading.Event(), threading.Event()
+    shown = threading.Event()
 
     def tick() -> None:
-        wait = SHOWN_AFTER
-        while not stop.wait(wait):
-            elapsed = time.perf_counter() - started
-            stderr.print(f"{description} ... ({elapsed:.0f} s)", highlight=False)
-            shown.set()
-            wait = QUIET_SECONDS
+        elapsed = time.perf_counter() - started
+        stderr.print(f"{description} ... ({elapsed:.0f} s)", highlight=False)
+        shown.set()
 
-    ticker = threading.Thread(target=tick, name=f"progress: {description}", daemon=True)
-    ticker.start()
-    try:
+    with periodically(tick, QUIET_SECONDS, f"progress: {description}", first=SHOWN_AFTER):
         yield
-    finally:
-        stop.set()
-        ticker.join()
     if shown.is_set():
         elapsed = time.perf_counter() - started
         stderr.print(f"{description}: done in {elapsed:.0f} s", highlight=False)

@@ -14,7 +14,6 @@ import math
 import os
 import socket
 import sqlite3
-import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -28,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from forgetbench.errors import ForgetbenchError
+from forgetbench.progress import periodically
 
 log = logging.getLogger("forgetbench")
 
@@ -556,22 +556,15 @@ class Store:
         """Refresh the run's heartbeat every ``every`` seconds while the block runs (a thread),
         so that a live run on another host is never taken for a stale one (``runs --stale``
         reads the heartbeat's age there)."""
-        stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(every):
-                try:
-                    self.heartbeat(run_id)
-                except Exception as error:  # a busy store: the next beat tries again
-                    log.debug("heartbeat of run %s not written: %s", run_id, error)
+            try:
+                self.heartbeat(run_id)
+            except Exception as error:  # a busy store: the next beat tries again
+                log.debug("heartbeat of run %s not written: %s", run_id, error)
 
-        thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
-        thread.start()
-        try:
+        with periodically(beat, every, f"heartbeat-{run_id}"):
             yield
-        finally:
-            stop.set()
-            thread.join(timeout=10)
 
     def mark_stale_failed(self, max_age: timedelta = STALE_AFTER) -> list[int]:
         """Mark the :meth:`stale_runs` failed with error ``stale: process gone``.
