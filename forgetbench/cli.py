@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from forgetbench.errors import ForgetbenchError, Interrupted, did_you_mean
+from forgetbench.progress import PipeSafeConsole
 
 app = typer.Typer(
     add_completion=False,
@@ -26,8 +27,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Benchmark forgetting mitigations for fine-tuning pretrained models.",
 )
-out = Console()
-err = Console(stderr=True)
+out = PipeSafeConsole()
+err = PipeSafeConsole(stderr=True)
 STATE = {"debug": False}
 TaskNameOption = Annotated[str, typer.Option("--task", "-t", help="task name")]
 ResamplesOption = Annotated[int, typer.Option(help="bootstrap resamples")]

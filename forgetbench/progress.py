@@ -3,6 +3,8 @@ phase of a run is silent for long."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +13,20 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-stderr = Console(stderr=True)
+
+class PipeSafeConsole(Console):
+    """A console that goes quiet when whoever reads it goes away (``forgetbench run ... |
+    head``): the run goes on to its end and is stored. rich's own exits the process
+    (``SystemExit(1)``), which failed the run."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        with contextlib.suppress(OSError, ValueError):  # later writes go nowhere
+            os.dup2(devnull, self.file.fileno())
+
+
+stderr = PipeSafeConsole(stderr=True)
 # The longest a phase, or a loop off a terminal, stays silent, in seconds; a phase shorter than
 # SHOWN_AFTER seconds prints nothing.
 QUIET_SECONDS = 20.0

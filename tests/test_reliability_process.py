@@ -181,3 +181,15 @@ def test_the_offline_scenario_refuses_an_empty_split(setting, split, tmp_path):
     assert last.startswith(f"error: run 1 failed: task 'wordnet': split {split} has 0 examples")
     assert "Traceback" not in result.stderr
     assert [run["status"] for run in Store(db).get_runs()] == ["failed"]
+
+
+def test_a_run_whose_reader_goes_away_finishes_and_is_stored(db, tmp_path):
+    """``forgetbench run ... 2>&1 | head -2``: the pipe closes after two lines, and the run
+    goes on quietly to its end (rich's console would exit the process, failing the run)."""
+    run = ["run", "--task", "tiny", "--method", "finetune", "--steps", "3", *SMALL_ARGS]
+    process = cli_process([*run, "--db", db], {**os.environ})
+    process.stdout.close()
+    process.stderr.close()  # nobody reads any more: every write is a broken pipe
+    assert process.wait(timeout=120) == 0
+    (stored,) = Store(db).get_runs()
+    assert stored["status"] == "ok"
