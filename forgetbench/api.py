@@ -25,6 +25,7 @@ import torch
 from forgetbench.cache import cached_dir, hash_dir, hash_file, hash_json
 from forgetbench.config import TrainConfig, check
 from forgetbench.errors import ForgetbenchError, did_you_mean
+from forgetbench.fingerprint import evaluation_settings, task_identity
 from forgetbench.hookspecs import hookimpl
 from forgetbench.progress import phase, progress
 
@@ -67,6 +68,7 @@ __all__ = [
     "pad_logits",
     "phase",
     "plugin_cache",
+    "plugin_key",
     "progress",
     "run_for_test",
     "tap_layers",
@@ -519,6 +521,18 @@ class Task(ABC):
         """Module-name suffixes LoRA adapts by default for this family (None: no default)."""
         return None
 
+    def head_parameters(self, model: torch.nn.Module) -> list[str]:
+        """Names of the new task's own head parameters that f0 already has (CLIP's class
+        weights for the new dataset, set zero-shot): a method that freezes the model, such as
+        LoRA, keeps them trainable, as it keeps a fresh head (``ctx.new_param_names``)."""
+        return []
+
+    @classmethod
+    def implements(cls, step: str) -> bool:
+        """Whether this task overrides the optional step ``step`` (``reference_head``,
+        ``reference_losses``, ...), for a method that needs it."""
+        return getattr(cls, step) is not getattr(Task, step)
+
     def reference_losses(
         self, ctx: RunContext, model: torch.nn.Module, split: Split
     ) -> torch.Tensor | None:
@@ -539,6 +553,21 @@ class Task(ABC):
 # -- helpers families share ----------------------------------------------------------------------
 
 
+def plugin_key(ctx: RunContext, key: dict[str, Any]) -> str:
+    """The cache key of a plugin's result computed from the prior model: ``key`` (the plugin's
+    own settings, data fingerprints) with the prior model's identity, the task (class,
+    version, config such as ``max_length``, source code) and the evaluation settings (device,
+    precision, threads, ...), which change what f0 computes as much as its weights do."""
+    return hash_json(
+        {
+            "prior": ctx.bundle.identity,
+            **task_identity(ctx.task),
+            "settings": evaluation_settings(ctx),
+            "key": key,
+        }
+    )
+
+
 def plugin_cache(
     ctx: RunContext,
     plugin: str,
@@ -550,8 +579,9 @@ def plugin_cache(
     """A plugin's own on-disk cache entry, shared by every run that has the same prior model.
 
     The entry is ``<cache>/plugin-<plugin>/<sha256>``, keyed by the prior model's identity
-    (``ctx.bundle.identity``), the task's name and version and ``key`` (whatever else changes
-    the result: settings, data fingerprints). ``build(directory)`` writes the entry's files when
+    (``ctx.bundle.identity``), the task (class, version, config, source code), the evaluation
+    settings (device, precision, threads, ...) and ``key`` (whatever else changes the result:
+    the plugin's settings, data fingerprints). ``build(directory)`` writes the entry's files when
     it is missing or corrupt (checked against a manifest) and may return metadata; the entry's
     directory is returned.
 
@@ -560,15 +590,13 @@ def plugin_cache(
     samples of inference and ``backward`` ones of backward passes (what it would have counted)
     are charged instead (``ctx.count_extra``), so a run pays once either way.
     """
-    meta = ctx.task.metadata
-    full = {"prior": ctx.bundle.identity, "task": [meta.name, meta.version], "key": key}
     built = []
 
     def counted_build(directory: Path) -> dict | None:
         built.append(True)
         return build(directory)
 
-    entry = cached_dir(f"plugin-{plugin}", hash_json(full), counted_build)
+    entry = cached_dir(f"plugin-{plugin}", plugin_key(ctx, key), counted_build)
     if not built:
         ctx.count_extra(forward=forward, backward=backward)
     return entry

@@ -22,9 +22,11 @@ freshly initialised head instead. Tasks without a fresh head are unaffected.
 ``loss0`` costs one inference pass of f0 over the new-task training set, charged to every run as
 extra inference (a cache hit included, so a run's reported cost does not depend on what an
 earlier run left on disk). It is cached on disk (``<cache>/flow-loss0/<key>``), keyed by the
-task and its version, the new-train fingerprint and a sha256 of f0's weights (fresh-head
-weights excluded: they are seeded per run and do not affect loss0), so runs with other seeds
-or taus reuse it.
+task (class, version, config, code), the evaluation settings, the new-train fingerprint and a
+sha256 of f0's weights (fresh-head weights excluded where the task's probe gives loss0: they
+are seeded per run and do not affect it), so runs with other seeds or taus reuse it. A task
+with a fresh head but no ``reference_losses`` gets loss0 through its untrained head (a
+warning says so), and then the head is in the key.
 
 Not included: the authors' vision recipe follows FLOW with a second round that re-trains only
 the head on the plain loss; here the weighted fine-tuning is the whole method.
@@ -39,7 +41,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from forgetbench.api import Method, cached_dir, check, hash_json, hookimpl, load_entries
+from forgetbench.api import Method, cached_dir, check, hookimpl, load_entries, plugin_key
 
 
 @dataclass
@@ -99,13 +101,18 @@ class Flow(Method):
     @hookimpl
     def forgetbench_setup(self, ctx, model, data):
         split = data.new_train
-        key = hash_json(
-            {
-                "task": [ctx.task.metadata.name, ctx.task.metadata.version],
-                "data": split.fingerprint(),
-                "model": weights_digest(model, ctx.new_param_names),
-                "v": 3,
-            }
+        # without a reference (a probe), loss0 goes through the fresh head as initialised for
+        # this seed: then the head is part of what loss0 depends on
+        fresh = ctx.new_param_names if ctx.task.implements("reference_losses") else frozenset()
+        if ctx.new_param_names and not fresh:
+            ctx.logger.warning(
+                "flow: task %r has a fresh new-task head but no reference_losses: loss0 comes"
+                " from the untrained head",
+                ctx.task.metadata.name,
+            )
+        key = plugin_key(
+            ctx,
+            {"data": split.fingerprint(), "model": weights_digest(model, fresh), "v": 4},
         )
 
         def build(directory: Path) -> dict:

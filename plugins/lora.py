@@ -2,7 +2,10 @@
 
 Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022 (arXiv:2106.09685).
 The prior model's weights stay frozen; rank-``r`` adapters ``B A`` (scaled by ``lora_alpha / r``)
-are added to the target modules, and the new task's fresh head trains in full.
+are added to the target modules, and the new task's head trains in full: a fresh one, or the
+one f0 already has that the task names (``Task.head_parameters``: CLIP's zero-shot class
+weights for the new dataset, which plain fine-tuning trains too; before 2026-12-03 LoRA left
+them frozen on CLIP).
 
 Defaults:
 - ``r=8``; the adapted modules are the task family's choice (``Task.lora_target_modules``:
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from forgetbench.api import ForgetbenchError, Method, Task, check, hookimpl
+from forgetbench.api import ForgetbenchError, Method, check, hookimpl
 
 
 @dataclass
@@ -78,9 +81,7 @@ class Lora(Method):
 
     def check_task(self, task):
         # a task with no family default and no configured targets: refused before anything runs
-        if not self.config.target_modules and (
-            type(task).lora_target_modules is Task.lora_target_modules
-        ):
+        if not self.config.target_modules and (not task.implements("lora_target_modules")):
             raise no_targets(task.metadata.name)
 
     @hookimpl
@@ -99,9 +100,11 @@ class Lora(Method):
             wrapped = get_peft_model(model, peft_config)
         except ValueError as error:  # peft's "Target modules ... not found in the base model"
             raise ForgetbenchError(f"lora: {error}") from None
-        # peft freezes everything but the adapters; the fresh head has nothing to start from.
+        # peft freezes everything but the adapters; the new task's head trains (a fresh one
+        # has nothing to start from; CLIP's zero-shot class weights train in fine-tuning too)
+        heads = set(ctx.new_param_names) | set(ctx.task.head_parameters(model))
         for name, weight in model.named_parameters():
-            if name in ctx.new_param_names:
+            if name in heads:
                 weight.requires_grad_(True)
         return wrapped
 

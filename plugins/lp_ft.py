@@ -39,7 +39,6 @@ from safetensors.torch import load_file, save_file
 from forgetbench.api import (
     ForgetbenchError,
     Method,
-    Task,
     hookimpl,
     load_entries,
     plugin_cache,
@@ -53,7 +52,7 @@ class LPFT(Method):
     description = "LP-FT: the new head starts from a linear probe on f0's features, then fine-tune"
 
     def check_task(self, task):
-        if type(task).reference_head is Task.reference_head:
+        if not task.implements("reference_head"):
             raise no_probe(task.metadata.name)
 
     @hookimpl
@@ -74,9 +73,12 @@ class LPFT(Method):
             save_file(tensors, str(directory / "probe.safetensors"))
             return {"split": split.name, "size": len(split)}
 
-        # a build counts the probe's pass itself (the task's ctx.batches), a hit is charged it
+        # one pass over the split charged, whether the cache hit or the task built it (the
+        # task may count its pass or serve a probe it fitted for another method: FLOW's)
+        charged = ctx.compute.extra_inference + len(split)
         key = {"data": split.fingerprint(), "v": CACHE_VERSION}
-        entry = plugin_cache(ctx, "lp-ft", key, build, forward=len(split))
+        entry = plugin_cache(ctx, "lp-ft", key, build)
+        ctx.compute.extra_inference = charged
         head = load_file(str(entry / "probe.safetensors"))
         load_entries(
             model, head, "lp-ft: the task's probe head", "its reference_head does not match"

@@ -377,3 +377,22 @@ def test_hub_class_names_read_underscores_as_spaces_like_local_folders(monkeypat
     assert names == ["lawn mower", "aquarium fish"]
     assert labels == [0, 1]
     assert images[0] == image.read_bytes()
+
+
+def test_the_lora_method_keeps_the_new_datasets_class_weights_trainable(loaded):
+    """As in fine-tuning (``init_new_task``), the new dataset's zero-shot class weights train
+    under the ``lora`` method: the task names them (``head_parameters``); the towers are
+    adapters only."""
+    import copy
+    import dataclasses
+
+    from forgetbench_plugins.lora import Lora
+
+    task, data, shared = loaded
+    bundle = dataclasses.replace(shared, model=copy.deepcopy(shared.model))  # wrapped in place
+    model = task.init_new_task(None, bundle, data)
+    ctx = context(task, bundle, data.prior_train)
+    wrapped = Lora().forgetbench_wrap_model(ctx=ctx, model=model)
+    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if "lora_" not in n} == {"base_model.model.new_weights"}
+    assert all(".visual." in n for n in trainable if "lora_" in n)

@@ -10,6 +10,7 @@ from forgetbench.api import Batch
 from forgetbench.config import build_config
 from forgetbench.errors import ForgetbenchError
 from forgetbench.store import Store
+from forgetbench.testing import TinyTextTask
 from forgetbench_plugins.flow import Flow, FlowConfig, flow_weights
 
 
@@ -68,21 +69,45 @@ def test_setup_scores_every_new_example_charges_the_pass_and_caches_it(isolated_
 
     assert entries() == 1
 
-    # Another seed's fresh head does not change loss0: the cache serves it, the cost is the same.
+    # The tiny task has no probe (reference_losses): loss0 goes through the fresh head, so
+    # another seed's head is another entry (it used to be served the first seed's loss0).
     other, _ = tiny_model()
     other.load_state_dict(model.state_dict())
     torch.nn.init.normal_(other.heads["new"].weight)
     again = Flow()
     again.forgetbench_setup(ctx=ctx, model=other, data=data)
-    assert torch.equal(again.loss0, method.loss0)
-    assert entries() == 1
+    assert not torch.equal(again.loss0, method.loss0)
+    assert entries() == 2
     assert ctx.compute.extra_inference == 2 * len(data.new_train)
 
     # Different prior weights: a different entry.
     with torch.no_grad():
         other.encoder.embeddings.word_embeddings.weight.mul_(2)
     Flow().forgetbench_setup(ctx=ctx, model=other, data=data)
-    assert entries() == 2
+    assert entries() == 3
+
+
+def test_with_a_probe_the_fresh_head_is_left_out_of_the_key(isolated_cache):
+    """A task whose reference_losses gives loss0 (a probe on f0's features): another seed's
+    fresh head does not change it, so the cache serves it, at the same cost."""
+
+    class Probed(TinyTextTask):
+        def reference_losses(self, ctx, model, split):
+            return torch.arange(1, len(split) + 1, dtype=torch.float32)
+
+    model, new_names = tiny_model()
+    ctx, data = tiny_context(new_names, model)
+    ctx.task = Probed(ctx.task.config)
+    first = Flow()
+    first.forgetbench_setup(ctx=ctx, model=model, data=data)
+    other, _ = tiny_model()
+    other.load_state_dict(model.state_dict())
+    torch.nn.init.normal_(other.heads["new"].weight)
+    again = Flow()
+    again.forgetbench_setup(ctx=ctx, model=other, data=data)
+    assert torch.equal(again.loss0, first.loss0)
+    assert len(list((isolated_cache / "flow-loss0").iterdir())) == 1
+    assert ctx.compute.extra_inference == 2 * len(data.new_train)
 
 
 def test_without_a_task_reference_loss0_is_the_prior_models_own_loss():

@@ -42,3 +42,26 @@ def test_a_text_tasks_stage0_depends_on_its_max_length():
     short, default = WordnetTask(WordnetConfig(max_length=16)), WordnetTask()
     assert short.stage0.key != default.stage0.key
     assert WordnetTask().stage0.key == default.stage0.key
+
+
+def test_flow_loss0_is_cached_per_task_config_and_through_an_unprobed_head_per_seed(
+    db, isolated_cache
+):
+    """FLOW's loss0 cache: another task config is another entry; the tiny task has a fresh
+    head but no probe (``reference_losses``), so loss0 goes through the seed's own head and
+    another seed is another entry too (it used to reuse the first seed's)."""
+    registry = registry_with()
+
+    def run(seed=0, **overrides):
+        request = RunRequest(
+            task="tiny", methods=["flow"], seed=seed, steps=2, overrides={**SMALL, **overrides}
+        )
+        execute(request, db=db, registry=registry)
+
+    run()
+    run()
+    assert len(entries(isolated_cache, "flow-loss0")) == 1
+    run(**{"task.new_eval_size": "24"})
+    assert len(entries(isolated_cache, "flow-loss0")) == 2
+    run(seed=1)
+    assert len(entries(isolated_cache, "flow-loss0")) == 3

@@ -236,6 +236,10 @@ class ZeroShotImageTask(Task):
             " spatially (CNN) or token (ViT) averaged"
         )
 
+    def head_parameters(self, model: nn.Module) -> list[str]:
+        """The new dataset's class weights: they train in fine-tuning, and under LoRA too."""
+        return ["new_weights"]
+
     def lora_target_modules(self, model: nn.Module) -> list[str] | None:
         """The image tower's 1x1 convolutions and projection (EfficientNet) or its MLP
         linears (ViT), by full module name; None for other towers."""
