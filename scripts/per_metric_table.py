@@ -17,7 +17,7 @@ import sys
 from collections import defaultdict
 from statistics import mean, stdev
 
-from forgetbench.store import Store
+from forgetbench.store import Store, config_labels, latest_runs
 
 
 def cell(values: list[float]) -> str:
@@ -32,11 +32,13 @@ def cell(values: list[float]) -> str:
 
 def main(db: str, task: str, names: list[str]) -> None:
     store = Store(db, read_only=True)
-    runs = sorted(store.get_runs(status="ok", task=task), key=lambda r: (r["methods"], r["seed"]))
+    # as the leaderboard: the latest ok run per config and seed (a rerun replaces its seed)
+    runs = sorted(latest_runs(store, task), key=lambda r: (r["config_hash"], r["seed"]))
     metrics = store.get_metrics([run["id"] for run in runs])
+    labels = config_labels(runs)
     by_label: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
-        by_label[run["methods"]].append({**metrics[run["id"]], "seed": run["seed"]})
+        by_label[labels[run["config_hash"]]].append({**metrics[run["id"]], "seed": run["seed"]})
     keys = []
     for name in names:
         prefixes = (f"prior/after/{name}_", f"prior/after/{name}/")
