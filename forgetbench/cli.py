@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from forgetbench.errors import ForgetbenchError, Interrupted, did_you_mean
+from forgetbench.errors import ForgetbenchError, did_you_mean, interrupt
 from forgetbench.progress import PipeSafeConsole
 
 app = typer.Typer(
@@ -106,10 +106,6 @@ def _quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def _interrupt(signum, _frame):
-    raise Interrupted(signum)
-
-
 def _check_max_age(max_age: float) -> None:
     from forgetbench.store import HEARTBEAT_SECONDS
 
@@ -180,7 +176,7 @@ def run(
     from forgetbench.runner import RunRequest, execute
     from forgetbench.store import Store
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     if force and resume is None:
         raise ForgetbenchError("--force only applies to --resume")
     request = _resume_alone(resume, task != "wordnet", method, seed, steps, set_, prior_model)
@@ -498,7 +494,7 @@ def sweep(
     from forgetbench.config import parse_set
     from forgetbench.sweep import SweepSpec, parse_grid, parse_seeds, run_sweep
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     spec = SweepSpec(
         task, method, parse_grid(grid or []), parse_seeds(seeds), parse_set(set_ or [])
     )

@@ -16,11 +16,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from forgetbench import distributed
-from forgetbench.api import Batch, Compute, ModelBundle, PerSample, PriorPredictions, Split, Task
-from forgetbench.cache import cached_dir, hash_json
+from forgetbench.api import (
+    Batch,
+    Compute,
+    ModelBundle,
+    PerSample,
+    PriorPredictions,
+    Split,
+    Task,
+    plugin_key,
+)
+from forgetbench.cache import cached_dir
 from forgetbench.config import TrainConfig
 from forgetbench.errors import ForgetbenchError
-from forgetbench.fingerprint import evaluation_settings, task_identity
 from forgetbench.progress import progress
 
 if TYPE_CHECKING:
@@ -283,17 +291,9 @@ class PriorCache:
 
     def _load(self) -> PriorPredictions:
         bundle = self.ctx.bundle
-        key = hash_json(
-            {
-                "model": bundle.identity,
-                "data": self.split.fingerprint(),
-                # what the task's forward reads (max_length, a success threshold, ...), its
-                # code, and the settings that change the numbers (precision, device, ...)
-                **task_identity(self.ctx.task),
-                "settings": evaluation_settings(self.ctx),
-                "v": 3,
-            }
-        )
+        # f0, the task (what its forward reads: max_length, a success threshold, ...; its
+        # code) and the settings that change the numbers (precision, device, ...), as a plugin's
+        key = plugin_key(self.ctx, {"data": self.split.fingerprint(), "v": 3})
 
         def build(directory: Path) -> dict:
             # Inference here is the cache's, not a run's: counted by whoever relies on it.

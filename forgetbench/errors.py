@@ -23,6 +23,12 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean one of: {', '.join(choices)}?)" if choices else ""
 
 
+def interrupt(signum: int, _frame) -> None:
+    """A signal handler (SIGTERM): the signal as an :class:`Interrupted`, which marks the run
+    in progress ``interrupted`` as Ctrl-C does."""
+    raise Interrupted(signum)
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM while a run was in progress.
 

@@ -395,9 +395,10 @@ def _open_parallel_run(
 def _reopen_run(
     resume: int, db: str | None, registry: Registry | None, force: bool
 ) -> tuple[Store, RunRequest, ResolvedRun, int, CheckpointLock]:
-    previous = Store(db, read_only=True).get_run(resume)  # a missing store is not created
+    reader = Store(db, read_only=True)  # a missing store is refused, not created
+    previous = reader.get_run(resume)
     if previous is None:
-        raise ForgetbenchError(f"no run with id {resume} in {Store(db, read_only=True).location}")
+        raise ForgetbenchError(f"no run with id {resume} in {reader.location}")
     store = Store(db)
     if previous["status"] == "ok":
         raise ForgetbenchError(f"run {resume} already finished (status ok)")

@@ -8,6 +8,7 @@ recorded in ``forgetbench_migrations`` and applied one transaction each.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -670,13 +671,18 @@ def latest_runs(store: Store, task: str | None = None) -> list[dict]:
     runs = [run for run in latest.values() if run["task_version"] == current[run["task"]]]
     older = Counter(run["task"] for run in latest.values()) - Counter(r["task"] for r in runs)
     for name, count in sorted(older.items()):
-        log.warning(
-            "task %s: %d run(s) of older task versions left out (its current version is %s)",
-            name,
-            count,
-            current[name],
-        )
+        _warn_older_versions(store.location, name, count, current[name])
     return runs
+
+
+@functools.cache  # once per process: `budget` reads the runs three times
+def _warn_older_versions(location: str, task: str, count: int, current: str) -> None:
+    log.warning(
+        "task %s: %d run(s) of older task versions left out (its current version is %s)",
+        task,
+        count,
+        current,
+    )
 
 
 def config_labels(runs: list[dict]) -> dict[str, str]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 
 from forgetbench import runner
-from forgetbench.errors import ForgetbenchError, Interrupted
+from forgetbench.errors import ForgetbenchError, interrupt
 from forgetbench.registry import Registry
 from forgetbench.runner import RunRequest, run_label
 from forgetbench.store import Store
@@ -177,11 +177,7 @@ def _start_worker(workers: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    signal.signal(signal.SIGTERM, _interrupted)
-
-
-def _interrupted(signum, _frame):
-    raise Interrupted(signum)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def run_local(

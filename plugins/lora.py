@@ -81,7 +81,7 @@ class Lora(Method):
 
     def check_task(self, task):
         # a task with no family default and no configured targets: refused before anything runs
-        if not self.config.target_modules and (not task.implements("lora_target_modules")):
+        if not self.config.target_modules and not task.implements("lora_target_modules"):
             raise no_targets(task.metadata.name)
 
     @hookimpl

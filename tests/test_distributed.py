@@ -154,10 +154,10 @@ def worker(db: str, out: str, extra: list[str]) -> None:
     answers SIGTERM as ``forgetbench run`` does (the launcher stops the main process that way
     when another fails; without the handler that stop could kill it before it marks the row)."""
     from forgetbench import distributed
-    from forgetbench.cli import _interrupt
+    from forgetbench.errors import interrupt
     from forgetbench.runner import execute
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
     settings = dict(item.split("=", 1) for item in extra)
     os.environ["FORGETBENCH_TEST_OUT"] = out

@@ -1,13 +1,12 @@
 """A run that fails keeps its row, marked ``failed`` (or ``interrupted``) with the reason, and
 never reaches the leaderboard: exceptions, Ctrl-C, and SIGTERM from a scheduler."""
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from reliability_helpers import SMALL, wait_for
+from reliability_helpers import SMALL, signal_when_ready
 
 from forgetbench.api import Method
 from forgetbench.hookspecs import hookimpl
@@ -77,7 +76,7 @@ import sys
 import time
 from pathlib import Path
 
-import forgetbench.cli
+import forgetbench.errors
 from forgetbench.api import Method
 from forgetbench.hookspecs import hookimpl
 from forgetbench.runner import RunRequest, execute
@@ -95,7 +94,7 @@ class SlowSteps(Method):
         time.sleep(0.5)
 
 
-signal.signal(signal.SIGTERM, forgetbench.cli._interrupt)
+signal.signal(signal.SIGTERM, forgetbench.errors.interrupt)
 overrides = dict(arg.split("=", 1) for arg in sys.argv[3:])
 request = RunRequest(task="tiny", methods=["slow-steps"], steps=10_000, overrides=overrides)
 execute(request, db=db, registry=registry_with(SlowSteps))
@@ -117,14 +116,11 @@ def test_sigterm_marks_the_run_interrupted(db, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        wait_for(lambda: Path(db).exists() and Store(db).get_runs(status="running"), process)
-        wait_for(training.exists, process)
-        process.send_signal(signal.SIGTERM)
-        _stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+
+    def started() -> bool:
+        return Path(db).exists() and bool(Store(db).get_runs(status="running"))
+
+    stderr = signal_when_ready(process, started, training.exists)
     assert process.returncode != 0
     assert "Interrupted: signal 15 in run 1" in stderr
     (run,) = Store(db).get_runs()

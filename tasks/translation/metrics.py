@@ -19,6 +19,11 @@ from sacrebleu.metrics import BLEU, CHRF
 from forgetbench.api import ForgetbenchError
 
 
+def pair_target(pair: str) -> str:
+    """The target language of a pair named ``<source>-<target>`` (``en-de``: ``de``)."""
+    return pair.rpartition("-")[2]
+
+
 def bleu(target_language: str = "") -> BLEU:
     """sacrebleu's BLEU for references in ``target_language`` (ISO 639-1; its tokenizer: 13a
     splits no Chinese, Japanese or Korean words, whose BLEU would be near 0 with it)."""
@@ -79,8 +84,9 @@ def pair_metrics(
     names = sorted(set(pairs))
     for pair in names:
         rows = [i for i, p in enumerate(pairs) if p == pair]
-        target = pair.rpartition("-")[2]  # pairs are <source>-<target>
-        scores = corpus_scores([hypotheses[i] for i in rows], [references[i] for i in rows], target)
+        scores = corpus_scores(
+            [hypotheses[i] for i in rows], [references[i] for i in rows], pair_target(pair)
+        )
         metrics.update({f"{name}_{pair}": value for name, value in scores.items()})
     for name in ("bleu", "chrf"):
         metrics[name] = float(np.mean([metrics[f"{name}_{pair}"] for pair in names]))

@@ -34,7 +34,7 @@ from forgetbench.api import (
 
 from .base import Seq2SeqTask, check_tags, lang_style_of, load_seq2seq, make_example
 from .gettext_mt import subsample
-from .metrics import signatures
+from .metrics import pair_target, signatures
 
 if TYPE_CHECKING:
     from forgetbench.api import RunContext
@@ -171,7 +171,7 @@ class M2M100Task(Seq2SeqTask):
             info={"dataset": OPUS_HUB if not config.data_dir else config.data_dir},
             provenance={
                 f"sacrebleu_{k}": v
-                for k, v in signatures(pair.rpartition("-")[2] for pair in pairs).items()
+                for k, v in signatures(pair_target(pair) for pair in pairs).items()
             },
         )
 
