@@ -84,10 +84,12 @@ def _exit_code() -> int:
 
 
 SCRIPT = """
-import sys
+import functools, sys
 sys.path.insert(0, {tests!r})
-from reliability_helpers import SlowSteps, use_registry_everywhere
+from reliability_helpers import SlowSteps, slow_registry, use_registry_everywhere
 use_registry_everywhere(SlowSteps)
+import forgetbench.sweep as sweep  # a sweep's pool processes build the same registry
+sweep.run_sweep = functools.partial(sweep.run_sweep, registry_factory=slow_registry)
 sys.argv = ["forgetbench", *sys.argv[1:]]
 from forgetbench.cli import main
 main()
@@ -111,17 +113,37 @@ def cli_process(args: list[str], env: dict[str, str], **popen) -> subprocess.Pop
 
     The child starts with SIGINT at its default disposition, as from a terminal: a test suite
     launched in the background (``make test &``) has SIGINT ignored, which its children would
-    inherit, and Python then never turns Ctrl-C into KeyboardInterrupt."""
-    script = SCRIPT.format(tests=str(Path(__file__).parent))
+    inherit, and Python then never turns Ctrl-C into KeyboardInterrupt. The tests' folder is
+    on the child's ``PYTHONPATH``, so a sweep's spawned pool processes find this module."""
+    tests = str(Path(__file__).parent)
+    path = os.pathsep.join([tests, *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.Popen(
-        [sys.executable, "-c", script, *args],
-        env=env,
+        [sys.executable, "-c", SCRIPT.format(tests=tests), *args],
+        env={**env, "PYTHONPATH": path},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         **popen,
     )
+
+
+def signal_when_ready(
+    process: subprocess.Popen,
+    *ready: Callable[[], bool],
+    signum: int = signal.SIGTERM,
+    timeout: float = 60,
+) -> str:
+    """Wait for each of ``ready``, send ``signum``, and return the process's stderr once it
+    has exited (within ``timeout`` s); a process still alive after that is killed."""
+    try:
+        for condition in ready:
+            wait_for(condition, process)
+        process.send_signal(signum)
+        return process.communicate(timeout=timeout)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 def wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 120):

@@ -19,6 +19,7 @@ from reliability_helpers import (
     cli_process,
     database_state,
     one_error_line,
+    signal_when_ready,
     wait_for,
 )
 
@@ -42,13 +43,7 @@ def test_an_interrupted_run_exits_128_plus_the_signal_saying_how_to_resume(
     signum, code, db, tmp_path
 ):
     process, marker = slow_run(db, tmp_path)
-    try:
-        wait_for(marker.exists, process)
-        process.send_signal(signum)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stderr = signal_when_ready(process, marker.exists, signum=signum)
     assert process.returncode == code  # was 0: schedulers and `make demo` saw a success
     name = signal.Signals(signum).name
     assert stderr.splitlines()[-1] == (

@@ -4,8 +4,6 @@ that does not stop the sweep, a process pool, and Ray in local mode."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,8 +14,8 @@ from reliability_helpers import (
     cli,
     cli_process,
     one_error_line,
+    signal_when_ready,
     use_registry,
-    wait_for,
 )
 
 from forgetbench.errors import ForgetbenchError
@@ -192,13 +190,7 @@ def test_sigterm_stops_the_sweep_marks_the_run_and_says_how_to_continue(db, tmp_
     env = {**os.environ, "SLOW_SECONDS": "0.3", "TRAINING_MARKER": str(marker)}
     args = ["sweep", "--task", "tiny", "-m", "slow-steps", "--seeds", "0-1", "--set", "steps=40"]
     process = cli_process([*args, *SMALL_ARGS, "--db", db], env)
-    try:
-        wait_for(marker.exists, process)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stderr = signal_when_ready(process, marker.exists)
     assert process.returncode == 143
     assert stderr.splitlines()[-1] == (
         "sweep interrupted (SIGTERM) (run 1 marked interrupted): run the same sweep again to"
@@ -213,36 +205,14 @@ def test_sigterm_to_a_sweep_with_workers_marks_every_running_run(db, tmp_path):
     ``interrupted`` instead of dying with it ``running``, and the sweep does not wait for
     them to finish their runs."""
     marker = tmp_path / "training"
-    tests = str(Path(__file__).parent)
     env = {**os.environ, "SLOW_SECONDS": "0.5", "TRAINING_MARKER": str(marker)}
-    env["PYTHONPATH"] = os.pathsep.join([tests, *filter(None, [env.get("PYTHONPATH")])])
-    script = (  # the pool's processes get the tiny task and slow-steps from the factory
-        "import functools, sys\n"
-        "from reliability_helpers import SlowSteps, slow_registry, use_registry_everywhere\n"
-        "use_registry_everywhere(SlowSteps)\n"
-        "import forgetbench.sweep as sweep\n"
-        "sweep.run_sweep = functools.partial(sweep.run_sweep, registry_factory=slow_registry)\n"
-        "sys.argv = ['forgetbench', *sys.argv[1:]]\n"
-        "from forgetbench.cli import main\n"
-        "main()\n"
-    )
     args = ["sweep", "--task", "tiny", "-m", "slow-steps", "--seeds", "0-1", "--workers", "2"]
-    args += ["--set", "steps=200", *SMALL_ARGS, "--db", db]
-    process = subprocess.Popen(
-        [sys.executable, "-c", script, *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(marker.exists, process, timeout=120)
-        wait_for(lambda: len(Store(db).get_runs()) == 2, process, timeout=120)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=90)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    process = cli_process([*args, "--set", "steps=200", *SMALL_ARGS, "--db", db], env)
+
+    def both() -> bool:  # both workers started a run
+        return len(Store(db).get_runs()) == 2
+
+    stderr = signal_when_ready(process, marker.exists, both, timeout=90)
     assert process.returncode == 143
     assert stderr.splitlines()[-1].startswith("sweep interrupted (SIGTERM)")
     statuses = [run["status"] for run in Store(db).get_runs()]
