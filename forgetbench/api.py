@@ -71,6 +71,7 @@ __all__ = [
     "plugin_key",
     "progress",
     "run_for_test",
+    "subsample",
     "tap_layers",
 ]
 
@@ -129,6 +130,17 @@ class Split:
 
     def column(self, key: str) -> np.ndarray:
         return np.asarray([example[key] for example in self.examples])
+
+
+def subsample(items: list, size: int | None, seed: int | Sequence[int] = 0) -> list:
+    """``size`` of ``items`` drawn without replacement by a fixed seed (numpy's
+    ``default_rng(seed)``), kept in their order; all of them when ``size`` is None or not
+    smaller. The draw depends only on the seed and ``len(items)``, never on the run's seed: a
+    task's splits are the same in every run."""
+    if size is None or size >= len(items):
+        return items
+    keep = np.random.default_rng(seed).permutation(len(items))[:size]
+    return [items[i] for i in sorted(keep.tolist())]
 
 
 @dataclass

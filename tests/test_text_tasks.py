@@ -156,6 +156,25 @@ def test_mnli_loader_runs_end_to_end_on_local_files(tmp_path, db):
     assert 1 <= values["run/derived/cells"] <= 9
 
 
+def test_mnli_sizes_draw_a_seeded_sample_not_the_first_rows(tmp_path):
+    """``prior_train_size`` subsamples across the whole file (the first rows of MultiNLI's are
+    a few documents' pairs), the same rows on every load, unlabelled rows never among them."""
+    from forgetbench_tasks.text_classification.mnli import MnliConfig, MnliTask
+
+    write_mnli_files(tmp_path, count=300)
+    config = MnliConfig(data_dir=str(tmp_path), prior_train_size=30, prior_eval_size=5)
+    data = MnliTask(config).load_data(None)
+    premises = [example["text"] for example in data.prior_train.examples]
+    numbers = [int(text.rsplit(" ", 1)[1]) for text in premises]
+    assert len(numbers) == 30 and numbers == sorted(set(numbers))  # file order, no repeats
+    assert max(numbers) > 150  # drawn from the whole file, not its head
+    assert len(data.prior_eval) == 5 and len(data.new_train) == 300
+    again = MnliTask(config).load_data(None)
+    assert again.prior_train.fingerprint() == data.prior_train.fingerprint()
+    whole = MnliTask(MnliConfig(data_dir=str(tmp_path))).load_data(None)
+    assert len(whole.prior_train) == 300  # the unlabelled row is dropped
+
+
 def test_mnli_missing_local_file_is_one_clear_error(tmp_path, db):
     with pytest.raises(ForgetbenchError, match=r"mnli_train\.jsonl"):
         execute(RunRequest(task="mnli", overrides={"task.data_dir": str(tmp_path)}), db=db)

@@ -28,10 +28,11 @@ from forgetbench.api import (
     check,
     hash_file,
     hash_json,
+    subsample,
 )
 
 from .base import LoadedDataset, ZeroShotImageTask
-from .images import ImageDataset, make_examples, read_image_folder, subsample
+from .images import ImageDataset, make_examples, read_image_folder
 from .model import create_clip, register_model_config
 
 if TYPE_CHECKING:

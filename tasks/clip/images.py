@@ -121,14 +121,6 @@ def make_examples(
     return examples
 
 
-def subsample(examples: list, size: int | None, seed: int = 0) -> list:
-    """A seeded subsample of ``size`` items kept in their order (all when size is None)."""
-    if size is None or size >= len(examples):
-        return examples
-    keep = np.random.default_rng(seed).permutation(len(examples))[:size]
-    return [examples[i] for i in sorted(keep.tolist())]
-
-
 def read_image_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
     """An ImageFolder tree ``root/<class>/<image>``: class names (sorted folder names), the
     image paths (sorted per class) and their labels."""

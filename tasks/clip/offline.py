@@ -40,11 +40,12 @@ from forgetbench.api import (
     hash_dir,
     hash_file,
     hash_json,
+    subsample,
 )
 from forgetbench_tasks.offline_models import minilm_l6_path
 
 from .base import LoadedDataset, ZeroShotImageTask
-from .images import ImageDataset, make_examples, subsample
+from .images import ImageDataset, make_examples
 from .model import ZeroShotClassifier, create_clip, pooled_prompts, register_model_config
 
 if TYPE_CHECKING:

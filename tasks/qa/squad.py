@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from forgetbench.api import ForgetbenchError, Split, TaskData, TaskMetadata, TrainConfig, check
+from forgetbench.api import (
+    ForgetbenchError,
+    Split,
+    TaskData,
+    TaskMetadata,
+    TrainConfig,
+    check,
+    subsample,
+)
 
 from .base import SpanQATask, first_line, stable_id
 
@@ -86,10 +94,7 @@ def to_example(row: dict[str, Any], source: str) -> dict[str, Any]:
 
 def sample(examples: list[dict], size: int | None, name: str) -> Split:
     """The split itself, or a seeded subsample of ``size`` examples kept in dataset order."""
-    if size is not None and size < len(examples):
-        keep = np.random.default_rng(SPLIT_SEED).permutation(len(examples))[:size]
-        examples = [examples[i] for i in sorted(keep.tolist())]
-    return Split(name, examples)
+    return Split(name, subsample(examples, size, SPLIT_SEED))
 
 
 def split_by_document(examples: list[dict], eval_fraction: float) -> tuple[Split, Split]:

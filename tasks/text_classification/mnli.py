@@ -21,6 +21,7 @@ from forgetbench.api import (
     check,
     hash_dir,
     hash_json,
+    subsample,
 )
 from forgetbench_tasks.text_classification.base import ClassificationTask, EncoderClassifier
 
@@ -91,9 +92,13 @@ def _load_hub_or_local(config: MnliConfig, local: str, hub: tuple[str, ...], spl
         ) from None
 
 
-def _rows(dataset, limit: int | None) -> list[dict]:
-    rows = [row for row in dataset if int(row["label"]) >= 0]  # MNLI marks unlabelled with -1
-    return rows[:limit] if limit else rows
+SPLIT_SEED = 0
+
+
+def _rows(dataset, size: int | None) -> list[dict]:
+    """The labelled rows (MNLI marks unlabelled ones with -1), or a seeded subsample of ``size``
+    of them in file order: the file's first rows would be a few documents' pairs."""
+    return subsample([row for row in dataset if int(row["label"]) >= 0], size, SPLIT_SEED)
 
 
 class MnliTask(ClassificationTask):
@@ -109,7 +114,7 @@ class MnliTask(ClassificationTask):
         family="text-classification",
         description="bert-base-uncased on MultiNLI (3 classes), then SST-2 (2 classes)",
         reference="Williams et al. 2018 (MultiNLI); Socher et al. 2013 (SST-2)",
-        version="1",
+        version="2",
     )
     Config = MnliConfig
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 1000, "batch_size": 32, "lr": 2e-5}

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
 from forgetbench.api import (
     ForgetbenchError,
     ModelBundle,
@@ -35,6 +33,7 @@ from forgetbench.api import (
     TrainConfig,
     check,
     hash_json,
+    subsample,
 )
 
 from . import catalogues
@@ -71,13 +70,11 @@ def pairs_by_language(
     return sides
 
 
-def subsample(items: list, size: int | None, purpose: str) -> list:
-    """``size`` items chosen with a fixed seed (kept in order), or all of them."""
-    if size is None or size >= len(items):
-        return items
+def split_seed(purpose: str) -> list[int]:
+    """The subsample seed of one language's (or pair's) side: its own stream, so resizing one
+    split leaves the others' draws alone."""
     digest = catalogues.hashlib.sha256(purpose.encode()).digest()
-    rng = np.random.default_rng([SPLIT_SEED, int.from_bytes(digest[:4], "big")])
-    return [items[i] for i in sorted(rng.permutation(len(items))[:size].tolist())]
+    return [SPLIT_SEED, int.from_bytes(digest[:4], "big")]
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, languages: list[str]):
@@ -210,7 +207,7 @@ class GettextMTTask(Seq2SeqTask):
             train_size = getattr(config, f"{role}_train_size")
             eval_size = getattr(config, f"{role}_eval_size")
             for side, size in (("train", train_size), ("eval", eval_size)):
-                chosen = subsample(sides[lang][side], size, f"{lang}:{side}")
+                chosen = subsample(sides[lang][side], size, split_seed(f"{lang}:{side}"))
                 splits[f"{role}_{side}"] += [
                     make_example(s, t, "en", lang, "gettext") for s, t in chosen
                 ]

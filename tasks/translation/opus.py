@@ -30,10 +30,11 @@ from forgetbench.api import (
     check,
     hash_dir,
     hash_json,
+    subsample,
 )
 
 from .base import Seq2SeqTask, check_tags, lang_style_of, load_seq2seq, make_example
-from .gettext_mt import subsample
+from .gettext_mt import split_seed
 from .metrics import pair_target, signatures
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ class M2M100Task(Seq2SeqTask):
                 rows = load_rows(config.data_dir, pair, hub_split, pairs)
                 size = getattr(config, f"{role}_{side}_size")
                 splits[f"{role}_{side}"] += subsample(
-                    pair_examples(rows, pair), size, f"{pair}:{side}"
+                    pair_examples(rows, pair), size, split_seed(f"{pair}:{side}")
                 )
         return TaskData(
             *(Split(name, examples) for name, examples in splits.items()),
