@@ -135,12 +135,14 @@ def _view_metric(alias: str, split: str, stage: str, name: str) -> str:
 
 
 # The leaderboard as a SQL view (``datasette results.db`` shows it): the latest ok run of each
-# (task, config, seed), aggregated over seeds. Portable SQL (SQLite has no standard deviation
+# (task, config, seed), aggregated over seeds, of each task's current version only (that of its
+# latest ok run), as ``latest_runs`` reads them. Portable SQL (SQLite has no standard deviation
 # without its math extension), so the spread is min and max; ``forgetbench leaderboard`` adds
 # std and confidence intervals.
 LEADERBOARD_VIEW = f"""
 CREATE VIEW leaderboard AS
-SELECT r.task AS task, r.methods AS methods, r.config_hash AS config_hash,
+SELECT r.task AS task, r.task_version AS task_version, r.methods AS methods,
+    r.config_hash AS config_hash,
     r.prior_metric AS prior_metric, r.new_metric AS new_metric, COUNT(*) AS seeds,
     AVG(pa.value) AS prior_after_mean, MIN(pa.value) AS prior_after_min,
     MAX(pa.value) AS prior_after_max, AVG(na.value) AS new_after_mean,
@@ -152,7 +154,9 @@ FROM runs r
 LEFT {_view_metric("fg", "prior", "derived", "'forgetting'")}
 LEFT {_view_metric("cd", "prior", "derived", "'cd_rate'")}
 WHERE r.id IN (SELECT MAX(id) FROM runs WHERE status = 'ok' GROUP BY task, config_hash, seed)
-GROUP BY r.task, r.methods, r.config_hash, r.prior_metric, r.new_metric
+AND r.task_version = (SELECT v.task_version FROM runs v WHERE v.task = r.task
+    AND v.status = 'ok' ORDER BY v.id DESC LIMIT 1)
+GROUP BY r.task, r.task_version, r.methods, r.config_hash, r.prior_metric, r.new_metric
 """
 
 
@@ -160,10 +164,17 @@ def _m003_leaderboard_view(connection: Connection) -> None:
     connection.execute(sa.text(LEADERBOARD_VIEW))
 
 
+def _m004_leaderboard_view_current_version(connection: Connection) -> None:
+    """003's view showed every task version side by side; the CLI shows the current one."""
+    connection.execute(sa.text("DROP VIEW IF EXISTS leaderboard"))
+    connection.execute(sa.text(LEADERBOARD_VIEW))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_main_metrics", _m002_main_metrics),
     ("003_leaderboard_view", _m003_leaderboard_view),
+    ("004_leaderboard_view_current_version", _m004_leaderboard_view_current_version),
 ]
 
 

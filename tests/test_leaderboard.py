@@ -193,6 +193,23 @@ def test_the_view_counts_a_rerun_seed_once_and_no_failed_run(toy):
     assert prior == pytest.approx(0.1)
 
 
+def test_the_view_shows_each_tasks_current_version_only(toy):
+    """Runs of an older task version (other data or protocol) stay out of the view, as they
+    stay out of ``forgetbench leaderboard``; the view names the version it shows."""
+    query = "SELECT methods, task_version, seeds FROM leaderboard ORDER BY methods"
+    with closing(sqlite3.connect(toy)) as connection:
+        assert connection.execute(query).fetchall() == [("finetune", "1", 3), (LABEL, "1", 3)]
+    store = Store(toy)
+    newer = store_run(store, "finetune", 0, 0.5, 0.5)
+    store.engine.dispose()
+    with closing(sqlite3.connect(toy)) as connection, connection:
+        connection.execute("UPDATE runs SET task_version = '2' WHERE id = ?", (newer,))
+    with closing(sqlite3.connect(toy)) as connection:
+        assert connection.execute(query).fetchall() == [("finetune", "2", 1)]
+    [row] = leaderboard(Store(toy, read_only=True))
+    assert (row.methods, row.values["prior_after"]) == ("finetune", [0.5])
+
+
 def test_columns_wider_than_the_terminal_keep_the_labels_and_whole_headers(toy):
     wanted = "prior_after,new_after,forgetting,cd_rate,extra_inference,wall_seconds,compute_x"
     output = invoke("leaderboard", "--db", toy, "--columns", wanted)
