@@ -166,9 +166,11 @@ def test_mnli_sizes_draw_a_seeded_sample_not_the_first_rows(tmp_path):
     data = MnliTask(config).load_data(None)
     premises = [example["text"] for example in data.prior_train.examples]
     numbers = [int(text.rsplit(" ", 1)[1]) for text in premises]
-    assert len(numbers) == 30 and numbers == sorted(set(numbers))  # file order, no repeats
+    assert len(numbers) == 30
+    assert numbers == sorted(set(numbers))
     assert max(numbers) > 150  # drawn from the whole file, not its head
-    assert len(data.prior_eval) == 5 and len(data.new_train) == 300
+    assert len(data.prior_eval) == 5
+    assert len(data.new_train) == 300
     again = MnliTask(config).load_data(None)
     assert again.prior_train.fingerprint() == data.prior_train.fingerprint()
     whole = MnliTask(MnliConfig(data_dir=str(tmp_path))).load_data(None)
