@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The CUDA figures of docs/performance.md ("GPU figures") and the suite on CUDA, as two device
+# calls of about 8 minutes each: a session is lent 15 minutes of device time, starts included.
+#
+# Here, once (the GPU image lacks these packages and the offline model and data):
+#   make setup && WHEELS="sqlalchemy greenlet datasets dill multiprocess open_clip_torch ftfy \
+#       tokenizers" bash ../shared/gpu/bundle.sh
+# Then, with the device tool (carry [".gpu"], timeout_s 540):
+#   source .gpu/setup.sh && bash scripts/gpu_check.sh figures
+#   source .gpu/setup.sh && bash scripts/gpu_check.sh tests
+# Everything lands in $OUT (device.txt, runs.txt, bench.txt, tests.txt), which the tool brings
+# back. Each part stops itself before GPU_CHECK_SECONDS (default 480) and keeps what it printed:
+# the bench and the suite are interrupted with SIGINT, so their tables and summaries still print.
+set -uo pipefail
+PART=${1:?usage: gpu_check.sh figures|tests}
+OUT=${OUT:-/tmp/gpu-check}
+PY=${PY:-python3}
+BUDGET=${GPU_CHECK_SECONDS:-480}
+STARTED=$(date +%s)
+mkdir -p "$OUT"
+export FORGETBENCH_CACHE=${FORGETBENCH_CACHE:-/tmp/fbcache}
+
+left() { echo $((BUDGET - ($(date +%s) - STARTED))); }
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi"
+    "$PY" -c 'import torch, transformers; print("torch", torch.__version__, "cuda",
+        torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available()
+        else "-", "transformers", transformers.__version__)'
+    git rev-parse --short HEAD 2>/dev/null || true
+} > "$OUT/device.txt" 2>&1
+cat "$OUT/device.txt"
+
+case "$PART" in
+figures)
+    # The issue's run target: a default 100-step `wordnet` finetune run end to end, from the
+    # CLI, once cold (stage 0 trained and cached: not the target) and twice warm.
+    for seed in 0 1 2; do
+        start=$(date +%s.%N)
+        "$PY" -m forgetbench run --task wordnet --method finetune --seed "$seed" \
+            --db "$OUT/gpu.db" > "$OUT/run-$seed.log" 2>&1
+        status=$?
+        end=$(date +%s.%N)
+        echo "run seed $seed: exit $status, $(awk "BEGIN {print $end - $start}") s end to end" \
+            | tee -a "$OUT/runs.txt"
+        [ "$status" -eq 0 ] || tail -5 "$OUT/run-$seed.log" | tee -a "$OUT/runs.txt"
+    done
+    "$PY" -m forgetbench leaderboard --db "$OUT/gpu.db" 2>&1 | tee -a "$OUT/runs.txt"
+    rm -f "$OUT"/run-*.log "$OUT/gpu.db"  # the tool brings back at most 8 files
+    # Every benchmark at quick sizes, on the GPU; what does not fit is cut, its table kept.
+    timeout -s INT "$(left)" "$PY" -m bench.run_all --quick --device auto 2>&1 \
+        | tee "$OUT/bench.txt"
+    ;;
+tests)
+    # The suite on CUDA, the slowest tests named; PostgreSQL's tests skip (no server there).
+    timeout -s INT "$(left)" "$PY" -m pytest -q -p no:cacheprovider --durations=15 2>&1 \
+        | tee "$OUT/tests.txt"
+    ;;
+*)
+    echo "usage: gpu_check.sh figures|tests" >&2
+    exit 2
+    ;;
+esac
+echo "gpu_check $PART: $(($(date +%s) - STARTED)) s"
