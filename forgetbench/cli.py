@@ -117,23 +117,25 @@ def _check_max_age(max_age: float) -> None:
         )
 
 
-def _resume_alone(resume: int | None, task: bool, method, seed, steps, set_, prior_model):
+# The options a resumed run takes from its stored row: giving any of them is refused.
+RESUME_FIXED = ("task", "method", "seed", "steps", "set_", "prior_model", "trust_remote_code")
+
+
+def _resume_alone(ctx: typer.Context, resume: int | None) -> None:
     """``--resume`` takes the stored run's config: any option that would change it is refused
-    (not silently ignored). Returns None (no request: the stored one)."""
+    (not silently ignored), even one given at its default value (``--seed 0``)."""
     if resume is None:
-        return None
-    given = {
-        "--task": task,
-        "--method": bool(method),
-        "--seed": seed != 0,
-        "--steps": steps is not None,
-        "--set": bool(set_),
-        "--prior-model": prior_model is not None,
-    }
-    if any(given.values()):
-        options = ", ".join(name for name, on in given.items() if on)
+        return
+    given = [  # typer carries its own click: its ParameterSource is compared by name
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name in RESUME_FIXED
+        and getattr(ctx.get_parameter_source(param.name), "name", "DEFAULT") != "DEFAULT"
+    ]
+    if given:
         raise ForgetbenchError(
-            f"--resume {resume} continues the stored run with its own config: drop {options}"
+            f"--resume {resume} continues the stored run with its own config: drop"
+            f" {', '.join(given)}"
         )
 
 
@@ -150,6 +152,7 @@ def _hub_network(online: bool) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     task: Annotated[
         str, typer.Option("--task", "-t", help="task name (forgetbench list)")
     ] = "wordnet",
@@ -179,7 +182,8 @@ def run(
     signal.signal(signal.SIGTERM, interrupt)
     if force and resume is None:
         raise ForgetbenchError("--force only applies to --resume")
-    request = _resume_alone(resume, task != "wordnet", method, seed, steps, set_, prior_model)
+    _resume_alone(ctx, resume)
+    request = None
     if resume is None:
         request = RunRequest(
             task=task,

@@ -131,6 +131,12 @@ CASES = {
         1,
         "--resume 1 continues the stored run with its own config: drop --task, --set",
     ),
+    "run: default values with --resume": (
+        ["run", "--resume", "1", "--task", "wordnet", "--seed", "0", "--trust-remote-code"],
+        1,
+        "--resume 1 continues the stored run with its own config: drop --task, --seed,"
+        " --trust-remote-code",
+    ),
     "sweep: a seed past the range": (
         ["sweep", "-m", "finetune", "--seeds", "0-2147483648", "--db", "{db}"],
         1,
