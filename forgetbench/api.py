@@ -308,8 +308,10 @@ class ModelBundle:
 
     ``processor``: the tokenizer, image transform or both (whatever the task's ``collate``
     needs); ``extras``: what else the family needs (e.g. class-name text embeddings);
-    ``identity``: content hash of the weights (provenance, cache keys); ``source``: where it came
-    from (stage-0 cache entry, ``--prior-model`` path, base model id).
+    ``identity``: what names these weights in provenance and cache keys: a content hash of
+    the files for a ``--prior-model`` folder, the cache key (a hash of how it was made) for a
+    stage-0 model; ``source``: where it came from (stage-0 cache entry, ``--prior-model``
+    path, base model id).
     """
 
     model: torch.nn.Module

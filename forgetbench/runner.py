@@ -20,7 +20,7 @@ import torch
 
 from forgetbench import distributed, engine
 from forgetbench.api import Compute, Method, ModelBundle, Task, TaskData
-from forgetbench.cache import build_seconds, cache_root, hash_json
+from forgetbench.cache import MANIFEST, build_seconds, cache_root, hash_json, manifest
 from forgetbench.checkpoint import Checkpointer, CheckpointLock, checkpoint_dir
 from forgetbench.config import (
     TrainConfig,
@@ -545,7 +545,12 @@ class Run:
         if self.accelerator.state.mixed_precision != self.resolved.train.mixed_precision:
             # stage 0 ran under accelerate state of its own: the run's comes back
             self.accelerator = ctx.accelerator = engine.make_accelerator(self.resolved.train)
-        self.store.update_run(self.run_id, model=f"{bundle.source}@{bundle.identity[:16]}")
+        versions = (self.store.get_run(self.run_id) or {}).get("versions") or {}
+        digest = None if self.request.prior_model else _stage0_files_digest(bundle)
+        if digest:  # a --prior-model folder's identity is already its files' hash
+            versions = {**versions, "prior_files": digest}
+        model_name = f"{bundle.source}@{bundle.identity[:16]}"
+        self.store.update_run(self.run_id, model=model_name, versions=versions)
         engine.seed_everything(self.request.seed)  # the new head's init must not depend on stage 0
         shared = {name for name, _ in bundle.model.named_parameters()}
         model = self.task.init_new_task(ctx, bundle, data).to(self.accelerator.device)
@@ -676,6 +681,17 @@ def _files_state(bundle: ModelBundle, prior_model: str | None) -> tuple | None:
         return None
     files = sorted(p for p in directory.rglob("*") if p.is_file())
     return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+def _stage0_files_digest(bundle: ModelBundle) -> str | None:
+    """sha256 over the stage-0 entry's files (names and sha256s, from its manifest): what f0's
+    weights are, where its identity is how they were made (the entry's key). Two machines that
+    trained one recipe to different weights store the same identity but different digests.
+    None for a task without a stage 0."""
+    entry = cache_root() / "stage0" / bundle.identity
+    if not bundle.identity or not (entry / MANIFEST).is_file():
+        return None
+    return hash_json(sorted(manifest(entry)["files"].items()))
 
 
 def _copy_bundle(bundle: ModelBundle) -> ModelBundle:

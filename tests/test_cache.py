@@ -107,3 +107,34 @@ def test_a_run_stores_the_time_it_spent_building_caches_and_a_warm_run_none(db):
     # the first run trained the tiny stage 0 and cached f0's evaluation; the second reused both
     assert 0 < cold["cache_seconds"] < cold["wall_seconds"]
     assert warm["cache_seconds"] == 0.0
+
+
+def test_a_run_records_what_its_stage0_weights_are_not_only_how_they_were_made(
+    db, isolated_cache
+):
+    """The run's ``model`` names f0 by its stage-0 recipe (the cache key); ``prior_files`` is
+    the digest of the entry's files themselves, so two machines that trained one recipe to
+    different weights are told apart. A ``--prior-model`` folder's identity is its files'
+    hash already: no digest beside it."""
+    import hashlib
+
+    from method_helpers import registry_with, run_tiny
+
+    from forgetbench.runner import RunRequest, execute
+    from forgetbench.store import Store
+
+    run = Store(db).get_run(run_tiny(db, ["finetune"]))
+    [entry] = [p for p in (isolated_cache / "stage0").iterdir() if not p.name.startswith(".")]
+    assert run["model"].endswith("@" + entry.name[:16])
+    files = sorted(
+        [str(path.relative_to(entry)), hashlib.sha256(path.read_bytes()).hexdigest()]
+        for path in entry.rglob("*")
+        if path.is_file() and path.name != MANIFEST
+    )
+    assert len(files) >= 2  # the weights and the bundle's description at least
+    expected = hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    assert run["versions"]["prior_files"] == expected
+    request = RunRequest(task="tiny", methods=["finetune"], steps=2, prior_model=str(entry))
+    elsewhere = Store(db).get_run(execute(request, db=db, registry=registry_with()))
+    assert elsewhere["status"] == "ok"
+    assert "prior_files" not in elsewhere["versions"]
