@@ -56,7 +56,10 @@ SetOption = Annotated[
 ]
 PriorModelOption = Annotated[
     str | None,
-    typer.Option(help="a ready prior model (local dir or hub id) instead of stage 0"),
+    typer.Option(
+        help="a ready prior model instead of stage 0: a folder forgetbench wrote, or, for tasks"
+        " that read one (mnli, wordnet-qa, squad, m2m100), a transformers checkpoint or hub id"
+    ),
 ]
 TrustOption = Annotated[
     bool,
@@ -121,10 +124,13 @@ def _check_max_age(max_age: float) -> None:
 RESUME_FIXED = ("task", "method", "seed", "steps", "set_", "prior_model", "trust_remote_code")
 
 
-def _resume_alone(ctx: typer.Context, resume: int | None) -> None:
+def _resume_alone(ctx: typer.Context, resume: int | None, force: bool) -> None:
     """``--resume`` takes the stored run's config: any option that would change it is refused
-    (not silently ignored), even one given at its default value (``--seed 0``)."""
+    (not silently ignored), even one given at its default value (``--seed 0``); ``--force``
+    goes only with it."""
     if resume is None:
+        if force:
+            raise ForgetbenchError("--force only applies to --resume")
         return
     given = [  # typer carries its own click: its ParameterSource is compared by name
         param.opts[0]
@@ -180,9 +186,7 @@ def run(
     from forgetbench.store import Store
 
     signal.signal(signal.SIGTERM, interrupt)
-    if force and resume is None:
-        raise ForgetbenchError("--force only applies to --resume")
-    _resume_alone(ctx, resume)
+    _resume_alone(ctx, resume, force)
     request = None
     if resume is None:
         request = RunRequest(

@@ -61,7 +61,8 @@ def other_hooks() -> str:
     for hook in sorted(n for n in dir(hookspecs) if n.startswith("forgetbench_")):
         if hook in METHOD_HOOKS or hook.startswith("forgetbench_register_"):
             continue
-        first = " ".join(inspect.getdoc(getattr(hookspecs, hook)).split()).split(". ")[0]
+        text = " ".join(inspect.getdoc(getattr(hookspecs, hook)).split())
+        first = re.split(r"(?<!\be\.g)(?<!\bi\.e)\. ", text)[0]  # "e.g. " ends no sentence
         lines.append(textwrap.fill(f"- ``{hook}``: {first}", WIDTH, subsequent_indent="  "))
     return "\n".join(lines)
 

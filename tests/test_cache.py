@@ -109,9 +109,7 @@ def test_a_run_stores_the_time_it_spent_building_caches_and_a_warm_run_none(db):
     assert warm["cache_seconds"] == 0.0
 
 
-def test_a_run_records_what_its_stage0_weights_are_not_only_how_they_were_made(
-    db, isolated_cache
-):
+def test_a_run_records_what_its_stage0_weights_are_not_only_how_they_were_made(db, isolated_cache):
     """The run's ``model`` names f0 by its stage-0 recipe (the cache key); ``prior_files`` is
     the digest of the entry's files themselves, so two machines that trained one recipe to
     different weights are told apart. A ``--prior-model`` folder's identity is its files'

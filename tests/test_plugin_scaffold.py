@@ -53,6 +53,8 @@ def test_a_method_skeleton_has_valid_hooks_with_their_contracts(tmp_path):
             == (hook_doc(hook).split()[:6])
         )
     assert "forgetbench_finalize" in module.__doc__  # the hooks it does not implement
+    # each by its whole first sentence: "e.g. " does not end one
+    assert "(e.g. a peft LoRA wrapper), or None" in " ".join(module.__doc__.split())
     with pytest.raises(ValueError, match="strength"):
         module.Config(strength=-1.0)
 
