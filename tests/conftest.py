@@ -1,6 +1,8 @@
 """Shared fixtures: every test gets its own cache dir and results database."""
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -10,6 +12,17 @@ import sqlalchemy as sa
 from forgetbench.testing import registry_with
 
 PG_URL_ENV = "FORGETBENCH_TEST_PG_URL"
+
+
+def pytest_configure(config):
+    """A cache of the session's own before any fixture runs: module-scoped fixtures run before
+    the per-test ``isolated_cache``, and none may read or fill the user's cache."""
+    config.forgetbench_cache = tempfile.mkdtemp(prefix="forgetbench-tests-cache-")
+    os.environ["FORGETBENCH_CACHE"] = config.forgetbench_cache
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "forgetbench_cache", ""), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

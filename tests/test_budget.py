@@ -144,6 +144,35 @@ def test_budget_interval_is_reproducible_and_paired(db):
     assert [m.interval for m in first.matches] == [m.interval for m in again.matches]
 
 
+def test_budget_pairs_the_seeds_so_a_shared_seed_effect_cancels(db):
+    """Every seed moves both methods by the same large amount; on each seed random needs
+    exactly twice mix-cd's samples. Paired draws (one resample of seeds for both methods) give
+    the ratio 2 in every draw; drawing each method's seeds on its own would not."""
+    store = Store(db)
+    for seed in range(6):
+        base = 0.2 * (seed % 2)  # shared on a seed, far larger than the methods' gap
+        for ratio, rehearsed, gain in ((0.1, 100, 0.5), (0.2, 200, 0.6), (0.4, 400, 0.7)):
+            store_run(store, "random", f"random(mix_ratio={ratio})", seed, base + gain, 0.8,
+                      derived={"rehearsed": rehearsed})  # fmt: skip
+        store_run(store, "mixcd", "mixcd(mix_ratio=0.1)", seed, base + 0.6, 0.8,
+                  derived={"rehearsed": 100})  # fmt: skip
+    [only] = budget(store, "toy", "mixcd", "random", resamples=500).matches
+    assert only.ratio == Bound("=", pytest.approx(2.0))
+    assert only.interval == (Bound("=", pytest.approx(2.0)), Bound("=", pytest.approx(2.0)))
+    assert list(only.per_seed.values()) == [Bound("=", pytest.approx(2.0))] * 6
+
+
+def test_a_config_that_rehearsed_nothing_has_no_ratio(db):
+    store = make_store(db)
+    for seed in (0, 1):
+        store_run(store, "mixcd", "mixcd(mix_ratio=0.0)", seed, 0.5, 0.9,
+                  derived={"rehearsed": 0})  # fmt: skip
+    matches = {m.label: m for m in budget(store, "toy", "mixcd", "random", resamples=100).matches}
+    empty = matches["mixcd(mix_ratio=0.0)"]
+    assert (empty.rehearsed, empty.ratio, empty.interval) == (0, None, None)
+    assert matches["mixcd(mix_ratio=0.05)"].ratio is not None  # the others are unaffected
+
+
 def test_budget_refuses_what_it_cannot_answer(db):
     store = make_store(db)
     with pytest.raises(ForgetbenchError, match="stored no rehearsed count"):

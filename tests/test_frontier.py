@@ -124,6 +124,22 @@ def test_compare_by_hand(toy):
     assert again.interval_difference == result.interval_difference
 
 
+def test_compare_pairs_the_seeds_so_a_shared_seed_effect_cancels(db):
+    """Every seed moves both methods by the same large amount, and mix-cd's score is 0.01
+    above random's on each: the paired interval of the difference is that 0.01, while each
+    method's own interval spans the seed effect."""
+    store = Store(db)
+    for seed in range(6):
+        shift = 0.4 * (seed % 2)
+        store_run(store, "mixcd", "mixcd", seed, 0.32 + shift, 0.5)
+        store_run(store, "random", "random", seed, 0.30 + shift, 0.5)
+    points = collect(store, "toy")
+    result = compare(points, "mixcd", "random", reference=(0.0, 0.0), resamples=500)
+    assert result.interval_difference == pytest.approx((0.01, 0.01))
+    low, high = result.interval_a
+    assert high - low > 0.05
+
+
 def test_default_reference_is_below_every_point_and_f0(toy):
     points = collect(Store(toy, read_only=True), "toy")
     prior, new = default_reference(points, ["mixcd", "random"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 
@@ -83,10 +84,8 @@ def test_an_empty_split_fails_at_once_naming_the_split_and_its_size(
 ):
     use_registry(monkeypatch, tiny_registry)
     args = ["run", "--task", "tiny", "--steps", "2", *SMALL_ARGS, "--db", db]
-    started = time.monotonic()
     code, _, stderr = cli([*args, "--set", "task.new_train_size=0"], monkeypatch, capsys)
-    assert time.monotonic() - started < 60  # the old batch stream spun forever
-    assert code == 1
+    assert code == 1  # the old batch stream spun forever (BatchStream's own test covers it)
     last = stderr.splitlines()[-1]
     assert last.startswith("error: run 1 failed: task 'tiny': split new_train has 0 examples")
     assert "new_eval 16" in last
@@ -278,7 +277,7 @@ def test_progress_off_a_terminal_reports_short_loops_and_long_phases(monkeypatch
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("evaluating ... (0 s)")
     assert len(lines) >= 3
-    assert lines[-1] == "evaluating: done in 0 s"
+    assert re.fullmatch(r"evaluating: done in \d+ s", lines[-1])
 
 
 def test_a_run_shows_each_long_phase(db, capsys, monkeypatch, tiny_registry):

@@ -27,14 +27,12 @@ def stored(tmp_path_factory) -> str:
     """A store holding one finished tiny run (id 1) and one interrupted one (id 2)."""
     folder = tmp_path_factory.mktemp("stored")
     db = str(folder / "results.db")
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:  # both runs: never the user's own cache
         patch.setenv("FORGETBENCH_CACHE", str(folder / "cache"))
         execute(RunRequest(task="tiny", steps=2, overrides=dict(SMALL)), db=db, registry=REGISTRY)
-    store = Store(db)
-    interrupted = execute(
-        RunRequest(task="tiny", steps=2, seed=1, overrides=dict(SMALL)), db=db, registry=REGISTRY
-    )
-    store.update_run(interrupted, status="interrupted")
+        second = RunRequest(task="tiny", steps=2, seed=1, overrides=dict(SMALL))
+        interrupted = execute(second, db=db, registry=REGISTRY)
+    Store(db).update_run(interrupted, status="interrupted")
     with closing(sqlite3.connect(db)) as connection:  # everything into the file a test copies
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return db

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -21,12 +22,15 @@ from forgetbench.testing import registry_with
 
 
 class Slow(Method):
-    """Sleeps after each step so a test can kill the run midway; changes no number."""
+    """Sleeps after each step so a test can kill the run midway, and records the steps this
+    process ran (``seen``); changes no number."""
 
     name = "slow"
+    seen: ClassVar[list[int]] = []
 
     @hookimpl
-    def forgetbench_after_step(self):
+    def forgetbench_after_step(self, step):
+        Slow.seen.append(step)
         time.sleep(float(os.environ.get("SLOW_SECONDS", "0")))
 
 
@@ -49,7 +53,9 @@ def stored(db, run_id):
     return store.get_run(run_id), metrics, store.get_series(run_id)
 
 
-def test_killed_run_resumes_to_identical_metrics(tmp_path, monkeypatch):
+def test_killed_run_resumes_to_identical_metrics(tmp_path, monkeypatch, caplog):
+    """The resumed process trains only the steps after the checkpoint (a resume that started
+    again from step 0 would also end with the same metrics: the run is deterministic)."""
     registry = registry_with(Slow)
     reference_db = str(tmp_path / "reference.db")
     monkeypatch.setenv("FORGETBENCH_CACHE", str(tmp_path / "reference-cache"))
@@ -80,8 +86,14 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, monkeypatch):
     run = Store(db).get_runs()[0]
     assert run["status"] == "running"  # killed: never a half-written success
     assert Store(db).get_metrics([run["id"]])[run["id"]] == {}
+    saved = json.loads(state.read_text())["step"]  # the last checkpoint before the kill
+    assert 8 <= saved < REQUEST.steps
 
+    Slow.seen.clear()
+    caplog.set_level("WARNING")
     resumed = execute(None, db=db, registry=registry, resume=run["id"])
+    assert Slow.seen == list(range(saved + 1, REQUEST.steps + 1))
+    assert f"from its checkpoint at step {saved}" in caplog.text
     assert resumed == run["id"]
     row, metrics, series = stored(db, resumed)
     assert row["status"] == "ok"
