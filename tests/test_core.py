@@ -257,6 +257,8 @@ def test_prior_sampler_count_rounds_the_share():
 
     assert Fixed(0.25).count(32) == 8
     assert Fixed(0.0).count(32) == 0
+    assert Fixed(0.3).count(16) == 5  # 4.8: to the nearest, not down
+    assert Fixed(0.1).count(8) == 1  # 0.8
 
 
 def test_hookspec_module_marks_firstresult():

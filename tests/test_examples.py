@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from forgetbench.registry import get_registry
+from forgetbench.store import Store
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 DISTRIBUTIONS = {"forgetbench-ewc": ("ewc", "method"), "forgetbench-fortunes": ("fortunes", "task")}
@@ -88,7 +89,8 @@ def test_ewc_stacked_with_wise_ft_on_wordnet_through_the_cli(env):
         env, "run", "--task", "wordnet", "--method", "ewc", "--method", "wise-ft",
         "--set", f"ewc.fisher_samples={FISHER_SAMPLES}", "--set", "wise-ft.grid=", *SMALL,
     )  # fmt: skip
-    run = json.loads(cli(env, "show", "1", "--json"))
+    [run_id] = [r["id"] for r in Store(env["FORGETBENCH_DB"]).get_runs() if "ewc" in r["methods"]]
+    run = json.loads(cli(env, "show", str(run_id), "--json"))
     assert run["status"] == "ok"
     assert run["compute"]["extra_inference"] == FISHER_SAMPLES
     assert run["compute"]["extra_backward"] == FISHER_SAMPLES
@@ -109,4 +111,8 @@ def test_the_fortunes_task_through_the_cli(env):
     assert len(board) == 1
     assert 0.0 <= board[0]["new_after_mean"] <= 1.0
     stage0 = Path(env["FORGETBENCH_CACHE"]) / "stage0"
-    assert len(list(stage0.iterdir())) == 1  # shared with wordnet's run in this module
+    [entry] = [p.name for p in stage0.iterdir() if not p.name.startswith(".")]
+    models = {r["task"]: r["model"] for r in Store(env["FORGETBENCH_DB"]).get_runs()}
+    assert models["fortunes"].endswith("@" + entry[:16])  # wordnet's stage 0, not one of its own
+    if "wordnet" in models:  # the ewc test ran first in this module: the same f0
+        assert models["wordnet"].split("@")[1] == models["fortunes"].split("@")[1]

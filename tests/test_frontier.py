@@ -356,3 +356,20 @@ def test_one_common_seed_gives_no_interval_and_no_claim(db):
     output = CliRunner().invoke(app, ["compare", "mixcd", "random", "-t", "toy", "--db", db])
     assert output.exit_code == 0, output.output
     assert "n/a" in output.output
+
+
+def test_a_rerun_seed_counts_once_with_its_latest_ok_run(db):
+    """Of two ok runs of one config and seed the later one counts, in the frontier and the
+    leaderboard alike; a later failed or interrupted run replaces nothing."""
+    from forgetbench.store import latest_runs
+
+    store = Store(db)
+    store_run(store, "mixcd", "mixcd", 0, 0.5, 0.5)
+    rerun = store_run(store, "mixcd", "mixcd", 0, 0.7, 0.6)
+    broken = store.start_run(**{**store.get_run(rerun), "id": None, "status": "running"})
+    store.fail_run(broken, "boom")
+    assert [run["id"] for run in latest_runs(store, "toy")] == [rerun]
+    points = collect(Store(db, read_only=True), "toy")
+    assert points.methods["mixcd"].configs == {"mixcd": {0: (0.7, 0.6)}}
+    [row] = leaderboard(Store(db, read_only=True), "toy")
+    assert row.values["prior_after"] == [0.7]

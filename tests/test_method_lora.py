@@ -133,6 +133,11 @@ class Observer(Method):
         Observer.seen["final"] = model
 
 
+@pytest.fixture(autouse=True)
+def _fresh_observer():
+    Observer.seen.clear()  # a hook that did not run must not leave an earlier test's model
+
+
 def test_end_to_end_merged(db):
     run_id = run_tiny(db, ["lora", "observe"], extra_methods=[Observer])
     f0, final = Observer.seen["f0"], Observer.seen["final"]

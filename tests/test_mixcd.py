@@ -275,3 +275,24 @@ def test_a_mix_ratio_that_rounds_to_nothing_or_everything_is_refused_up_front(
     resolve(RunRequest(task="tiny", methods=[method], overrides=fine), registry_with())
     zero = {"random.mix_ratio": "0", "batch_size": "8"}  # random at 0: plain fine-tuning
     resolve(RunRequest(task="tiny", methods=["random"], overrides=zero), registry_with())
+
+
+def test_the_probe_estimator_probes_every_probe_every_steps_and_charges_it(db):
+    """``estimator=probe`` forwards ``probe_size`` pool samples at steps 2 and 4 of 5: 16
+    counted extra inferences beyond the rehearsal estimator's run, and its CD rates move."""
+    from method_helpers import run_tiny, series
+
+    from forgetbench.store import Store
+
+    rehearsal = run_tiny(db, ["mixcd"], {"mixcd.log_every": "1"})
+    settings = {"mixcd.estimator": "probe", "mixcd.probe_every": "2", "mixcd.probe_size": "8"}
+    probe = run_tiny(db, ["mixcd"], {**settings, "mixcd.log_every": "1"})
+    store = Store(db)
+    extra = {r: store.get_run(r)["compute"]["extra_inference"] for r in (rehearsal, probe)}
+    assert extra[probe] - extra[rehearsal] == 2 * 8
+    names = {name for name, _, _ in store.get_series(probe) if name.startswith("mixcd/alpha/")}
+    assert names
+    curves = [series(db, probe, name) for name in sorted(names)]
+    # nothing observed before the first probe at step 2; what it saw shows from then on
+    assert all(curve[1] == curve[0] for curve in curves)
+    assert any(curve[2] != curve[1] for curve in curves)

@@ -151,3 +151,34 @@ def test_counting_cells_match_sorting(high):
     flat = label_codes * 4 + bins
     assert np.array_equal(cells, np.unique(flat, return_inverse=True)[1])
     assert np.array_equal(scheme_codes[0] * 4 + scheme_codes[1], np.unique(flat))
+
+
+def test_a_prior_model_folder_changed_on_disk_is_loaded_again(tmp_path, db, isolated_cache):
+    """The in-process reuse of f0 checks the files it came from: a ``--prior-model`` folder
+    replaced between two runs of one config gives the second run the new weights."""
+    import shutil
+
+    from forgetbench.runner import RunRequest, execute
+    from forgetbench.store import Store
+    from forgetbench.testing import registry_with
+
+    registry = registry_with()
+
+    def entries() -> set:
+        return {p for p in (isolated_cache / "stage0").iterdir() if not p.name.startswith(".")}
+
+    execute(RunRequest(task="tiny", steps=2), db=db, registry=registry)
+    [trained] = entries()
+    other = RunRequest(task="tiny", steps=2, overrides={"task.stage0_steps": "5"})
+    execute(other, db=db, registry=registry)  # another f0, from a shorter stage 0
+    [shorter] = entries() - {trained}
+    folder = tmp_path / "prior"
+    shutil.copytree(trained, folder, copy_function=shutil.copy)
+    request = RunRequest(task="tiny", steps=2, prior_model=str(folder))
+    first = execute(request, db=db, registry=registry)
+    shutil.rmtree(folder)
+    shutil.copytree(shorter, folder, copy_function=shutil.copy)
+    second = execute(request, db=db, registry=registry)
+    store = Store(db)
+    before = store.get_metrics([first, second])  # (the mock's identity names its config)
+    assert before[first]["prior/before/loss"] != before[second]["prior/before/loss"]

@@ -202,6 +202,18 @@ def test_resume_of_a_live_run_is_refused_unless_forced(db, registry):
     assert store.get_run(run_id)["status"] == "ok"
 
 
+def test_a_run_whose_config_no_longer_resolves_is_not_resumed(db, registry):
+    """A plugin changed since the run was stored (here: its stored hash is another one): the
+    run is refused, not continued under a config it never had, and stays as it was."""
+    run_id = interrupted_run(db, registry)
+    store = Store(db)
+    store.update_run(run_id, config_hash="0" * 64)
+    StopAtStep.armed = False
+    with pytest.raises(ForgetbenchError, match=rf"run {run_id}'s stored config no longer"):
+        execute(None, db=db, registry=registry, resume=run_id)
+    assert store.get_run(run_id)["status"] == "interrupted"
+
+
 def test_a_held_checkpoint_lock_refuses_resume_even_forced(db, registry):
     run_id = interrupted_run(db, registry)
     directory = checkpoint_dir(resolve(request(["stop-at"]), registry).config_hash, 0)

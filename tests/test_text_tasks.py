@@ -224,7 +224,7 @@ def test_real_wordnet_has_every_synset_and_supersense():
 def test_heavily_penalised_probe_predicts_class_frequencies():
     # With the weights forced to ~0 only the bias fits: p(class) = its frequency, so each
     # sample's loss is -log(frequency of its label).
-    features = torch.randn(8, 5)
+    features = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2])
     losses = fit_probe_losses(features, labels, classes=3, steps=100, l2=1e6)
     expected = [-math.log(6 / 8)] * 6 + [-math.log(1 / 8)] * 2
@@ -233,7 +233,8 @@ def test_heavily_penalised_probe_predicts_class_frequencies():
 
 def test_probe_separates_separable_features():
     labels = torch.arange(30) % 3
-    features = torch.nn.functional.one_hot(labels, 3).float() * 4 + 0.1 * torch.randn(30, 3)
+    noise = torch.randn(30, 3, generator=torch.Generator().manual_seed(0))
+    features = torch.nn.functional.one_hot(labels, 3).float() * 4 + 0.1 * noise
     losses = fit_probe_losses(features, labels, classes=3, steps=100, l2=1e-3)
     assert losses.max().item() < 0.1
 
@@ -242,7 +243,8 @@ def test_probe_weights_reproduce_its_losses_as_a_linear_head():
     """FLOW's probe_init loads the probe into the new head: as an nn.Linear it gives the
     probe's losses."""
     labels = torch.arange(30) % 3
-    features = torch.nn.functional.one_hot(labels, 3).float() * 2 + 0.5 * torch.randn(30, 3)
+    noise = torch.randn(30, 3, generator=torch.Generator().manual_seed(0))
+    features = torch.nn.functional.one_hot(labels, 3).float() * 2 + 0.5 * noise
     losses, weight, bias = fit_probe(features, labels, classes=3, steps=100, l2=1e-3)
     head = torch.nn.Linear(3, 3)
     with torch.no_grad():
