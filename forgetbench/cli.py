@@ -715,8 +715,11 @@ def main() -> None:
             raise
         # a database error's own message, not SQLAlchemy's dump of the statement
         detail = getattr(error, "orig", None) or error
+        run_id, origin = getattr(error, "run_id", None), getattr(error, "forgetbench_origin", "")
+        failed = f"run {run_id} failed: " if run_id is not None else ""
         _error_line(
-            f"error: {type(error).__name__}: {detail} (rerun with --debug for the traceback)"
+            f"error: {failed}{type(error).__name__}: {detail}{origin} (rerun with --debug for"
+            " the traceback)"
         )
         sys.exit(1)
     if isinstance(code, int) and code:  # typer.Exit, and Ctrl-C outside a run (130)

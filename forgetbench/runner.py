@@ -309,9 +309,7 @@ def execute(
         store.fail_run(run_id, reason, status="interrupted")
         raise Interrupted(signum, run_id) from interrupt
     except BaseException as error:
-        store.fail_run(run_id, distributed.peer_failure() or f"{type(error).__name__}: {error}")
-        with contextlib.suppress(AttributeError):  # any failure names its row (a sweep's line)
-            error.run_id = run_id
+        store.fail_run(run_id, distributed.peer_failure() or _failure(error, resolved, run_id))
         raise
     finally:
         if lock is not None:
@@ -390,6 +388,36 @@ def _open_parallel_run(
     if run_id is None:  # the main process could not write the row
         raise ForgetbenchError("the main process could not start the run (see its error)")
     return store, request, resolved, run_id, None
+
+
+def plugin_origin(error: BaseException, resolved: ResolvedRun) -> str:
+    """Which plugin a crash came from, e.g. `` (in method 'ewc', forgetbench_setup)``: the
+    outermost frame of the traceback in a module of a run's method or task (their classes and
+    base classes, outside the core); empty when none is."""
+    owners: dict[str, str] = {}
+    for plugin, what in [(m, f"method {m.name!r}") for m in resolved.methods] + [
+        (resolved.task, f"task {resolved.task.metadata.name!r}")
+    ]:
+        for cls in type(plugin).__mro__:
+            if not cls.__module__.startswith(("forgetbench.", "builtins", "abc")):
+                owners.setdefault(cls.__module__, what)
+    frame = error.__traceback__
+    while frame is not None:
+        owner = owners.get(frame.tb_frame.f_globals.get("__name__", ""))
+        if owner:
+            return f" (in {owner}, {frame.tb_frame.f_code.co_name})"
+        frame = frame.tb_next
+    return ""
+
+
+def _failure(error: BaseException, resolved: ResolvedRun, run_id: int) -> str:
+    """The failed row's error text; the error is marked with the run and, for a crash (not a
+    ForgetbenchError, which says what is wrong itself), the plugin it came from."""
+    origin = "" if isinstance(error, ForgetbenchError) else plugin_origin(error, resolved)
+    with contextlib.suppress(AttributeError):  # any failure names its row (a sweep's line)
+        error.run_id = run_id
+        error.forgetbench_origin = origin
+    return f"{type(error).__name__}: {error}{origin}"
 
 
 def _reopen_run(

@@ -6,7 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from reliability_helpers import SMALL, signal_when_ready
+from reliability_helpers import (
+    SMALL,
+    SMALL_ARGS,
+    cli,
+    one_error_line,
+    signal_when_ready,
+    use_registry,
+)
 
 from forgetbench.api import Method
 from forgetbench.hookspecs import hookimpl
@@ -43,6 +50,20 @@ def finished_label(db: str) -> str:
     return run["methods"]
 
 
+def test_a_plugin_crash_is_one_line_naming_the_run_the_plugin_and_its_hook(
+    db, monkeypatch, capsys
+):
+    use_registry(monkeypatch, registry_with(SetupFails))
+    args = ["run", "--task", "tiny", "--method", "setup-fails", "--steps", "2", "--db", db]
+    code, _, stderr = cli([*args, *SMALL_ARGS], monkeypatch, capsys)
+    assert code == 1
+    assert one_error_line(stderr) == (
+        "error: run 1 failed: RuntimeError: setup exploded on purpose (in method 'setup-fails',"
+        " forgetbench_setup) (rerun with --debug for the traceback)"
+    )
+    assert Store(db).get_run(1)["status"] == "failed"
+
+
 def test_exception_marks_the_run_failed_and_keeps_it_off_the_leaderboard(db):
     registry = registry_with(SetupFails)
     finished = execute(tiny_request(["finetune"]), db=db, registry=registry)
@@ -50,7 +71,9 @@ def test_exception_marks_the_run_failed_and_keeps_it_off_the_leaderboard(db):
         execute(tiny_request(["setup-fails"]), db=db, registry=registry)
     store = Store(db)
     (failed,) = store.get_runs(status="failed")
-    assert failed["error"] == "RuntimeError: setup exploded on purpose"
+    # a crash names the plugin and the hook it came from
+    expected = "RuntimeError: setup exploded on purpose (in method 'setup-fails', forgetbench_setup)"
+    assert failed["error"] == expected
     label = finished_label(db)
     assert label.startswith("finetune [steps=2,task.")  # then the small task's settings
     assert failed["methods"] == label.replace("finetune", "setup-fails", 1)

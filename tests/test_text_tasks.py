@@ -80,6 +80,36 @@ def test_split_is_fixed_and_disjoint():
     assert all(e["source"] == "new" for e in train.examples)
 
 
+def test_a_smaller_eval_split_leaves_the_train_split_and_stage_0_as_they_are():
+    """Each offline task's splitters: shrinking an eval split to the default size or below
+    (a quicker run) keeps the train split, which stage 0's cache key hashes, and draws the eval
+    split as a subset of the default one; a larger one still never overlaps the train split."""
+    from forgetbench_tasks.clip.offline import held_out
+    from forgetbench_tasks.qa.wordnet import split_by_lemma
+
+    examples = [{"id": i, "text": str(i), "label": i % 3} for i in range(100)]
+
+    def ids(split):
+        return {e["id"] for e in split.examples}
+
+    default_train, default_eval = split_examples(examples, 20, None, "prior", 0, reserve=20)
+    train, small = split_examples(examples, 5, None, "prior", 0, reserve=20)
+    assert train.fingerprint() == default_train.fingerprint()
+    assert ids(small) < ids(default_eval)
+    train, large = split_examples(examples, 30, None, "prior", 0, reserve=20)
+    assert not ids(train) & ids(large)
+    assert len(train) == 70
+
+    qa_train, qa_eval = split_by_lemma(examples, 20, 50, "prior", reserve=20)
+    train, small = split_by_lemma(examples, 5, 50, "prior", reserve=20)
+    assert (train.fingerprint(), ids(small) < ids(qa_eval)) == (qa_train.fingerprint(), True)
+
+    clip_train, clip_eval = held_out(100, 20, reserve=20)
+    train, small = held_out(100, 5, reserve=20)
+    assert train.tolist() == clip_train.tolist()
+    assert set(small.tolist()) < set(clip_eval.tolist())
+
+
 def test_tap_layers_spread_from_embeddings_to_last():
     assert tap_layers(6) == [0, 2, 4, 6]
     assert tap_layers(12) == [0, 4, 8, 12]

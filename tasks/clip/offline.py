@@ -164,10 +164,12 @@ def read_textile() -> tuple[list[bytes], list[int]]:
     return images, labels
 
 
-def held_out(n: int, eval_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded split of ``range(n)``: (train indices, eval indices), each sorted."""
+def held_out(n: int, eval_size: int, reserve: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of ``range(n)``: (train indices, eval indices), each sorted. The train
+    indices start at ``max(eval_size, reserve)`` of the permutation: with ``reserve`` the default
+    eval size, a smaller eval split leaves the train split (and the cached stage 0) alone."""
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
-    return np.sort(order[eval_size:]), np.sort(order[:eval_size])
+    return np.sort(order[max(eval_size, reserve) :]), np.sort(order[:eval_size])
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -292,8 +294,9 @@ class ClipOfflineTask(ZeroShotImageTask):
                 self.pick(FASHION_MNIST, "test", test_images, test_labels, None, eval_size),
             )
         ]
+        defaults = ClipOfflineConfig()
         for spec, (images, labels) in ((MNIST, read_mnist_5k()), (DIGITS, read_digits())):
-            train, evaluation = held_out(len(labels), eval_size)
+            train, evaluation = held_out(len(labels), eval_size, defaults.prior_eval_per_dataset)
             prior.append(
                 LoadedDataset(
                     spec,
@@ -302,7 +305,7 @@ class ClipOfflineTask(ZeroShotImageTask):
                 )
             )
         images, labels = read_textile()
-        train, evaluation = held_out(len(labels), config.new_eval_size)
+        train, evaluation = held_out(len(labels), config.new_eval_size, defaults.new_eval_size)
         new = LoadedDataset(
             TEXTILE,
             self.pick(TEXTILE, "all", images, labels, train, config.new_train_size),

@@ -268,16 +268,19 @@ def lemma_examples(kind: str, root: Path, pos: str, max_senses: int) -> Iterator
 
 
 def split_by_lemma(
-    examples: list[dict[str, Any]], eval_size: int, train_size: int, name: str
+    examples: list[dict[str, Any]], eval_size: int, train_size: int, name: str, reserve: int = 0
 ) -> tuple[Split, Split]:
-    """A fixed seeded split (one question per lemma, so no lemma crosses it)."""
+    """A fixed seeded split (one question per lemma, so no lemma crosses it). The train split
+    starts at ``max(eval_size, reserve)`` of the permutation: with ``reserve`` the default eval
+    size, a smaller eval split leaves the train split (and the cached stage 0) as they are."""
     if len(examples) < eval_size + 1:
         raise ForgetbenchError(
             f"wordnet-qa: only {len(examples)} {name} questions for an eval split of {eval_size}"
         )
     order = np.random.default_rng(SPLIT_SEED).permutation(len(examples))
     evaluation = sorted(order[:eval_size].tolist())
-    train = sorted(order[eval_size : eval_size + train_size].tolist())
+    start = max(eval_size, reserve)
+    train = sorted(order[start : start + train_size].tolist())
     return (
         Split(f"{name}_train", [examples[i] for i in train]),
         Split(f"{name}_eval", [examples[i] for i in evaluation]),
@@ -353,11 +356,13 @@ class WordnetQATask(SpanQATask):
         config, root = self.config, Path(self.config.wordnet_dir)
         nouns = list(lemma_examples("prior", root, "noun", config.max_senses))
         verbs = list(lemma_examples("new", root, "verb", config.max_senses))
+        defaults = type(config)()
         prior_train, prior_eval = split_by_lemma(
-            nouns, config.prior_eval_size, config.prior_train_size, "prior"
-        )
+            nouns, config.prior_eval_size, config.prior_train_size, "prior",
+            defaults.prior_eval_size,
+        )  # fmt: skip
         new_train, new_eval = split_by_lemma(
-            verbs, config.new_eval_size, config.new_train_size, "new"
+            verbs, config.new_eval_size, config.new_train_size, "new", defaults.new_eval_size
         )
         info = {"prior_pos": "noun", "new_pos": "verb", "wordnet_dir": str(root)}
         return TaskData(prior_train, prior_eval, new_train, new_eval, info=info)

@@ -129,12 +129,22 @@ def read_chatterbot() -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def split_examples(
-    examples: list[dict], eval_size: int, train_size: int | None, source: str, seed: int
+    examples: list[dict],
+    eval_size: int,
+    train_size: int | None,
+    source: str,
+    seed: int,
+    reserve: int = 0,
 ) -> tuple[Split, Split]:
-    """A fixed, seeded train/eval split (the data split belongs to the task, not to the run)."""
+    """A fixed, seeded train/eval split (the data split belongs to the task, not to the run).
+
+    The eval split is the first ``eval_size`` of a seeded permutation and the train split
+    starts at ``max(eval_size, reserve)``: with ``reserve`` the default eval size, a smaller
+    eval split (a quicker run) is a subset of the default one and leaves the train split, and
+    so the cached stage 0, as they are."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(examples))
-    eval_index, train_index = order[:eval_size], order[eval_size:]
+    eval_index, train_index = order[:eval_size], order[max(eval_size, reserve) :]
     if train_size is not None:
         train_index = train_index[:train_size]
     tag = lambda idx: [{**examples[i], "source": source} for i in sorted(idx)]  # noqa: E731
@@ -182,12 +192,15 @@ class WordnetTask(ClassificationTask):
     def load_data(self, ctx: RunContext) -> TaskData:
         config = self.config
         glosses = read_wordnet()
+        defaults = WordnetConfig()
         prior_train, prior_eval = split_examples(
-            glosses, config.prior_eval_size, config.prior_train_size, "prior", seed=0
-        )
+            glosses, config.prior_eval_size, config.prior_train_size, "prior", 0,
+            reserve=defaults.prior_eval_size,
+        )  # fmt: skip
         utterances, topics = read_chatterbot()
         eval_size = round(len(utterances) * config.new_eval_fraction)
-        new_train, new_eval = split_examples(utterances, eval_size, None, "new", seed=0)
+        reserve = round(len(utterances) * defaults.new_eval_fraction)
+        new_train, new_eval = split_examples(utterances, eval_size, None, "new", 0, reserve)
         return TaskData(
             prior_train,
             prior_eval,
