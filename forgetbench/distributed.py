@@ -291,6 +291,10 @@ class WorkerStore:
 
     heartbeat = finish_run = update_run
 
+    def get_run(self, run_id: int) -> None:
+        """A worker reads no row: what the main process stores is its own."""
+        return None
+
     def fail_run(self, run_id: int, error: str, status: str = "failed") -> None:
         if status == "failed":  # interrupted: the launcher stops it, the cause is elsewhere
             report_failure(error)

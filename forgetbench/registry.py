@@ -25,6 +25,13 @@ from forgetbench.errors import ForgetbenchError, did_you_mean
 
 ENTRY_POINT_GROUP = "forgetbench"
 DISABLE_ENV = "FORGETBENCH_DISABLE_PLUGINS"
+BUILTIN_PROVIDER = "forgetbench"  # the distribution of the builtin methods and tasks
+
+
+class DuplicateName(ForgetbenchError):
+    """Two plugins registered one method or task name."""
+
+
 DISCOVERY_HOOKS = ("forgetbench_register_methods", "forgetbench_register_tasks")
 # Every hook and the arguments it passes, from the hookspecs.
 HOOK_ARGUMENTS: dict[str, tuple[str, ...]] = {
@@ -75,9 +82,14 @@ class Registry:
     @staticmethod
     def _add(table: dict[str, Entry], name: str, cls: type, provider: str, kind: str) -> None:
         if name in table:
-            raise ForgetbenchError(
-                f"duplicate {kind} {name!r}: provided by {table[name].provider} and by"
-                f" {provider} (uninstall one, or skip its plugin with {DISABLE_ENV})"
+            first = table[name].provider
+            other = first if provider == BUILTIN_PROVIDER else provider
+            keeps = (
+                f"{name!r} stays the builtin one; " if BUILTIN_PROVIDER in (first, provider) else ""
+            )
+            raise DuplicateName(
+                f"duplicate {kind} {name!r}: provided by {first} and by {provider} ({keeps}"
+                f"uninstall one, or skip {other} with {DISABLE_ENV}={other})"
             )
         table[name] = Entry(name, cls, provider)
 
@@ -90,7 +102,13 @@ class Registry:
         except ForgetbenchError as error:
             name = registered_name(cls)
             self.problems.append(str(error))
-            if name:
+            if isinstance(error, DuplicateName) and BUILTIN_PROVIDER in (
+                table[name].provider,
+                provider,
+            ):  # a plugin cannot take a builtin's name away: the builtin keeps it
+                if provider == BUILTIN_PROVIDER:
+                    table[name] = Entry(name, cls, provider)
+            elif name:
                 table.pop(name, None)
                 self.unavailable[name] = str(error)
 
@@ -213,10 +231,11 @@ def load_entry_points(
     providers: dict[str, str] = {}
     problems: list[str] = []
     failed: dict[str, str] = {}
-    disabled = _disabled()
+    disabled, seen_disabled = _disabled(), set()
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = entry_point.dist.name if entry_point.dist else "unknown distribution"
-        if entry_point.name in disabled:
+        if entry_point.name in disabled or dist in disabled:
+            seen_disabled.update({entry_point.name, dist} & disabled)
             continue
         if entry_point.name in providers:
             problems.append(
@@ -230,6 +249,8 @@ def load_entry_points(
             problems.append(failed[entry_point.name])
             continue
         providers[entry_point.name] = dist
+    for name in sorted(disabled - seen_disabled):
+        problems.append(f"{DISABLE_ENV}: no installed plugin or distribution is named {name!r}")
     return providers, problems, failed
 
 

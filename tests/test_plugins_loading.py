@@ -99,6 +99,37 @@ def test_disabled_plugins_are_skipped(monkeypatch):
     assert "fb_test_broken" not in sys.modules
 
 
+@pytest.mark.usefixtures("test_distributions")
+def test_a_plugin_skipped_by_its_distribution_name_and_an_unknown_name_reported(monkeypatch):
+    """The distribution's name (what ``forgetbench list`` shows) skips its plugins as the
+    entry point's name does; a name that matches nothing is reported, not silently ignored."""
+    monkeypatch.setenv(DISABLE_ENV, "fb-test-broken-dist,fb-test-good-dist,fb-no-such-plugin")
+    registry = get_registry(reload=True)
+    assert "plugin-test-method" not in registry.methods
+    assert "fb_test_broken" not in sys.modules
+    assert [p for p in registry.problems if "fb-" in p] == [
+        f"{DISABLE_ENV}: no installed plugin or distribution is named 'fb-no-such-plugin'"
+    ]
+
+
+def test_a_plugin_cannot_take_a_builtin_name(tmp_path, monkeypatch):
+    """A third-party ``finetune`` is reported and set aside; the builtin keeps working."""
+    source = GOOD_PLUGIN.replace('"plugin-test-method"', '"finetune"')
+    add_distribution(tmp_path, "fb-test-squatter", "fb-test-squatter", "fb_test_squat", source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        registry = get_registry(reload=True)
+        assert registry.method("finetune").provider == "forgetbench"
+        [problem] = [p for p in registry.problems if "fb-test-squatter" in p]
+        assert "'finetune' stays the builtin one" in problem
+        assert f"{DISABLE_ENV}=fb-test-squatter" in problem
+    finally:
+        monkeypatch.undo()
+        sys.modules.pop("fb_test_squat", None)
+        importlib.invalidate_caches()
+        get_registry(reload=True)
+
+
 def test_registry_is_back_to_the_installed_plugins():
     registry = get_registry(reload=True)
     assert not [name for name in registry.methods if name.startswith("plugin-test")]
