@@ -304,12 +304,23 @@ def _print_records(records: list[dict], format_: str, header: list[str]) -> None
 
 
 @app.command("list")
-def list_plugins():
-    """Methods and tasks, with the distribution that provides each."""
+def list_plugins(
+    method: Annotated[
+        str | None, typer.Option("--method", "-m", help="show this method's settings")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", "-t", help="show this task's settings and budget")
+    ] = None,
+):
+    """Methods and tasks, with the distribution that provides each; with --method or --task,
+    the settings that one takes (--set keys, types, defaults, help)."""
     _quiet_libraries()
     from forgetbench.registry import get_registry
 
     registry = get_registry()
+    if method or task:
+        _print_settings(registry, method, task)
+        return
     table = Table(title="methods")
     for column in ("name", "provided by", "description"):
         table.add_column(column, overflow="fold")  # names and distributions whole at any width
@@ -331,6 +342,31 @@ def list_plugins():
     out.print(table)
     for problem in registry.problems:
         err.print(f"[yellow]warning:[/] {escape(problem)}")
+
+
+def _print_settings(registry, method: str | None, task: str | None) -> None:
+    """The ``--set`` keys of a method (``<method>.<key>``) or task (``task.<key>``, then the
+    training budget it sets: ``steps``, ``lr``, ...)."""
+    from forgetbench.config import settings
+
+    for kind, name in (("method", method), ("task", task)):
+        if not name:
+            continue
+        entry = registry.method(name) if kind == "method" else registry.task(name)
+        prefix = f"{name}." if kind == "method" else "task."
+        described = entry.cls.description if kind == "method" else entry.cls.metadata.description
+        table = Table(title=escape(f"{kind} {name}: {described}"))
+        for column in ("--set key", "type", "default", "help"):
+            table.add_column(column, overflow="fold")
+        rows = settings(entry.cls.Config)
+        for key, kind_name, default, text in rows:
+            table.add_row(escape(prefix + key), escape(kind_name), escape(repr(default)), text)
+        if not rows:
+            table.add_row("(none)", "", "", "")
+        out.print(table)
+        if kind == "task" and getattr(entry.cls, "train_defaults", None):
+            budget = ", ".join(f"{k}={v}" for k, v in entry.cls.train_defaults.items())
+            out.print(f"its default training budget: {escape(budget)}")
 
 
 def _print_run(store, run_id: int) -> None:

@@ -106,6 +106,13 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         items = [item.strip() for item in value.split(",") if item.strip()]
         converted = [_convert(item, item_hint, key) for item in items]
         return tuple(converted) if origin is tuple else converted
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        for choice in choices:  # the choice's own type: Literal[1, 2] takes "1"
+            if str(choice) == value:
+                return choice
+        names = ", ".join(str(choice) for choice in choices)
+        raise ForgetbenchError(f"{key} must be one of {names}, got {value!r}")
     if hint is bool:
         lowered = value.lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -179,6 +186,26 @@ def split_overrides(overrides: dict[str, str], sections: dict[str, type | None])
             )
         routed[owners[0]][key] = value
     return routed
+
+
+def settings(cls: type | None) -> list[tuple[str, str, Any, str]]:
+    """A config dataclass's settings for ``forgetbench list --method/--task``: (name, type,
+    default, help) per field, in declaration order."""
+    if cls is None:
+        return []
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for item in dataclasses.fields(cls):
+        if item.default is not dataclasses.MISSING:
+            default = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            default = item.default_factory()
+        else:
+            default = "(required)"
+        hint = hints[item.name]
+        kind = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+        rows.append((item.name, kind, default, item.metadata.get("help", "")))
+    return rows
 
 
 def config_dict(config: Any) -> dict[str, Any]:

@@ -311,3 +311,38 @@ def test_run_label_names_what_the_hash_covers_and_nothing_else(tiny_registry):
     small, large = label({"task.new_train_size": "16"}), label({"task.new_train_size": "24"})
     assert small == "mixcd [task.new_train_size=16]"
     assert large == "mixcd [task.new_train_size=24]"
+
+
+def test_a_literal_setting_takes_only_its_choices():
+    from typing import Literal
+
+    @dataclasses.dataclass
+    class Modes:
+        mode: Literal["fast", "slow"] = "fast"
+        level: Literal[1, 2] = 1
+
+    assert build_config(Modes, {"mode": "slow", "level": "2"}, "m") == Modes("slow", 2)
+    with pytest.raises(ForgetbenchError, match=r"m.mode must be one of fast, slow, got 'z'"):
+        build_config(Modes, {"mode": "z"}, "m")
+
+
+@pytest.mark.parametrize(("option", "name"), [("--method", "mixcd"), ("--task", "wordnet")])
+def test_list_shows_a_plugins_settings_with_their_defaults_and_help(option, name):
+    """``forgetbench list --method/--task NAME``: every ``--set`` key of the plugin's Config,
+    read from the dataclass itself, with its default and help; a task adds its budget."""
+    from typer.testing import CliRunner
+
+    from forgetbench.cli import app
+
+    result = CliRunner().invoke(app, ["list", option, name], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    entry = get_registry().method(name) if option == "--method" else get_registry().task(name)
+    prefix = f"{name}." if option == "--method" else "task."
+    rows = [line.split("│") for line in result.output.splitlines() if line.startswith("│")]
+    shown = {cells[1].strip(): (cells[3].strip(), cells[4].strip()) for cells in rows}
+    for field in dataclasses.fields(entry.cls.Config):
+        default, text = shown[prefix + field.name]
+        assert default == repr(field.default)
+        assert text == field.metadata["help"]
+    if option == "--task":
+        assert f"steps={entry.cls.train_defaults['steps']}" in result.output

@@ -50,9 +50,7 @@ def finished_label(db: str) -> str:
     return run["methods"]
 
 
-def test_a_plugin_crash_is_one_line_naming_the_run_the_plugin_and_its_hook(
-    db, monkeypatch, capsys
-):
+def test_a_plugin_crash_is_one_line_naming_the_run_the_plugin_and_its_hook(db, monkeypatch, capsys):
     use_registry(monkeypatch, registry_with(SetupFails))
     args = ["run", "--task", "tiny", "--method", "setup-fails", "--steps", "2", "--db", db]
     code, _, stderr = cli([*args, *SMALL_ARGS], monkeypatch, capsys)
@@ -72,7 +70,8 @@ def test_exception_marks_the_run_failed_and_keeps_it_off_the_leaderboard(db):
     store = Store(db)
     (failed,) = store.get_runs(status="failed")
     # a crash names the plugin and the hook it came from
-    expected = "RuntimeError: setup exploded on purpose (in method 'setup-fails', forgetbench_setup)"
+    origin = "(in method 'setup-fails', forgetbench_setup)"
+    expected = f"RuntimeError: setup exploded on purpose {origin}"
     assert failed["error"] == expected
     label = finished_label(db)
     assert label.startswith("finetune [steps=2,task.")  # then the small task's settings
