@@ -71,6 +71,7 @@ __all__ = [
     "plugin_key",
     "progress",
     "run_for_test",
+    "split_indices",
     "subsample",
     "tap_layers",
 ]
@@ -141,6 +142,24 @@ def subsample(items: list, size: int | None, seed: int | Sequence[int] = 0) -> l
         return items
     keep = np.random.default_rng(seed).permutation(len(items))[:size]
     return [items[i] for i in sorted(keep.tolist())]
+
+
+def split_indices(
+    n: int, eval_size: int, train_size: int | None = None, seed: int = 0, reserve: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A task's fixed train/eval split of ``range(n)``: (train indices, eval indices), each
+    sorted. Eval is the first ``eval_size`` of a permutation seeded with ``seed``; train is
+    the next ``train_size`` (all the rest when None) from ``max(eval_size, reserve)`` on. With
+    ``reserve`` the default eval size, a smaller eval split (a quicker run) is a subset of the
+    default one and leaves the train split, and so a cached stage 0, as they are. Where the
+    data has no room for that train split (fewer than ``train_size`` examples, or none, after
+    ``reserve``), train starts right after eval."""
+    order = np.random.default_rng(seed).permutation(n)
+    start = max(eval_size, reserve)
+    if n - start < (train_size or 1):
+        start = eval_size
+    train = order[start:] if train_size is None else order[start : start + train_size]
+    return np.sort(train), np.sort(order[:eval_size])
 
 
 @dataclass

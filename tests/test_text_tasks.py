@@ -110,6 +110,20 @@ def test_a_smaller_eval_split_leaves_the_train_split_and_stage_0_as_they_are():
     assert set(small.tolist()) < set(clip_eval.tolist())
 
 
+def test_split_indices_falls_back_where_the_data_has_no_room_for_the_default_train_split():
+    from forgetbench.api import split_indices
+
+    default_train, default_eval = split_indices(30, 10, 15, reserve=10)
+    train, small = split_indices(30, 4, 15, reserve=10)
+    assert train.tolist() == default_train.tolist()
+    assert set(small.tolist()) < set(default_eval.tolist())
+    # 30 - 20 leaves 10 for a train split of 15: it starts right after the eval split
+    train, evaluation = split_indices(30, 4, 15, reserve=20)
+    assert len(train) == 15
+    assert not set(train.tolist()) & set(evaluation.tolist())
+    assert set(train.tolist()) | set(evaluation.tolist()) < set(range(30))
+
+
 def test_tap_layers_spread_from_embeddings_to_last():
     assert tap_layers(6) == [0, 2, 4, 6]
     assert tap_layers(12) == [0, 4, 8, 12]

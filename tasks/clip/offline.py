@@ -40,6 +40,7 @@ from forgetbench.api import (
     hash_dir,
     hash_file,
     hash_json,
+    split_indices,
     subsample,
 )
 from forgetbench_tasks.offline_models import minilm_l6_path
@@ -165,11 +166,10 @@ def read_textile() -> tuple[list[bytes], list[int]]:
 
 
 def held_out(n: int, eval_size: int, reserve: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded split of ``range(n)``: (train indices, eval indices), each sorted. The train
-    indices start at ``max(eval_size, reserve)`` of the permutation: with ``reserve`` the default
-    eval size, a smaller eval split leaves the train split (and the cached stage 0) alone."""
-    order = np.random.default_rng(SPLIT_SEED).permutation(n)
-    return np.sort(order[max(eval_size, reserve) :]), np.sort(order[:eval_size])
+    """A seeded split of ``range(n)``: (train indices, eval indices), each sorted, by
+    :func:`forgetbench.api.split_indices`: with ``reserve`` the default eval size, a smaller
+    eval split leaves the train split (and the cached stage 0) alone."""
+    return split_indices(n, eval_size, None, SPLIT_SEED, reserve)
 
 
 # -- the model ---------------------------------------------------------------------------------

@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from forgetbench.api import ForgetbenchError, Split, TaskData, TaskMetadata, TrainConfig, check
+from forgetbench.api import (
+    ForgetbenchError,
+    Split,
+    TaskData,
+    TaskMetadata,
+    TrainConfig,
+    check,
+    split_indices,
+)
 from forgetbench_tasks.offline_models import minilm_l6_path
 
 from .base import SpanQATask, stable_id
@@ -270,17 +278,14 @@ def lemma_examples(kind: str, root: Path, pos: str, max_senses: int) -> Iterator
 def split_by_lemma(
     examples: list[dict[str, Any]], eval_size: int, train_size: int, name: str, reserve: int = 0
 ) -> tuple[Split, Split]:
-    """A fixed seeded split (one question per lemma, so no lemma crosses it). The train split
-    starts at ``max(eval_size, reserve)`` of the permutation: with ``reserve`` the default eval
-    size, a smaller eval split leaves the train split (and the cached stage 0) as they are."""
+    """A fixed seeded split (one question per lemma, so no lemma crosses it), by
+    :func:`forgetbench.api.split_indices`: with ``reserve`` the default eval size, a smaller
+    eval split leaves the train split (and the cached stage 0) as they are."""
     if len(examples) < eval_size + 1:
         raise ForgetbenchError(
             f"wordnet-qa: only {len(examples)} {name} questions for an eval split of {eval_size}"
         )
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(examples))
-    evaluation = sorted(order[:eval_size].tolist())
-    start = max(eval_size, reserve)
-    train = sorted(order[start : start + train_size].tolist())
+    train, evaluation = split_indices(len(examples), eval_size, train_size, SPLIT_SEED, reserve)
     return (
         Split(f"{name}_train", [examples[i] for i in train]),
         Split(f"{name}_eval", [examples[i] for i in evaluation]),

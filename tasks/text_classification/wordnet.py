@@ -10,10 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import yaml
 
-from forgetbench.api import ForgetbenchError, RunContext, Split, TaskData, TaskMetadata, check
+from forgetbench.api import (
+    ForgetbenchError,
+    RunContext,
+    Split,
+    TaskData,
+    TaskMetadata,
+    check,
+    split_indices,
+)
 from forgetbench_tasks.offline_models import minilm_l6_path
 from forgetbench_tasks.text_classification.base import ClassificationTask
 
@@ -138,16 +145,11 @@ def split_examples(
 ) -> tuple[Split, Split]:
     """A fixed, seeded train/eval split (the data split belongs to the task, not to the run).
 
-    The eval split is the first ``eval_size`` of a seeded permutation and the train split
-    starts at ``max(eval_size, reserve)``: with ``reserve`` the default eval size, a smaller
+    :func:`forgetbench.api.split_indices`: with ``reserve`` the default eval size, a smaller
     eval split (a quicker run) is a subset of the default one and leaves the train split, and
     so the cached stage 0, as they are."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(examples))
-    eval_index, train_index = order[:eval_size], order[max(eval_size, reserve) :]
-    if train_size is not None:
-        train_index = train_index[:train_size]
-    tag = lambda idx: [{**examples[i], "source": source} for i in sorted(idx)]  # noqa: E731
+    train_index, eval_index = split_indices(len(examples), eval_size, train_size, seed, reserve)
+    tag = lambda idx: [{**examples[i], "source": source} for i in idx]  # noqa: E731
     return Split(f"{source}_train", tag(train_index)), Split(f"{source}_eval", tag(eval_index))
 
 
