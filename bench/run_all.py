@@ -38,7 +38,11 @@ def main(argv=None) -> list[Row]:
         forwarded = ["--device", args.device] + (["--quick"] if args.quick else [])
         started = time.perf_counter()
         print(f"== {name} ...", flush=True)
-        rows += module.main(forwarded)
+        try:
+            rows += module.main(forwarded)
+        except KeyboardInterrupt:  # Ctrl-C or a time limit (scripts/gpu_check.sh): keep the rest
+            print(f"== {name}: interrupted; the table holds the benchmarks before it", flush=True)
+            break
         seconds[name] = time.perf_counter() - started
     print_table(rows, describe(pick_device(args.device)), "all benchmarks")
     print("benchmark seconds: " + ", ".join(f"{n} {s:.0f}" for n, s in seconds.items()))

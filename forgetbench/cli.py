@@ -326,7 +326,7 @@ def list_plugins(
         table.add_column(column, overflow="fold")  # names and distributions whole at any width
     for name, entry in sorted(registry.methods.items()):
         table.add_row(name, entry.provider, entry.cls.description)
-    out.print(table)
+    _list_console().print(table)
     table = Table(title="tasks")
     for column in ("name", "family", "main metric", "offline", "provided by", "description"):
         table.add_column(column, overflow="fold")
@@ -339,9 +339,17 @@ def list_plugins(
         )
         offline = "yes" if meta.offline else "no"
         table.add_row(name, meta.family, metric, offline, entry.provider, meta.description)
-    out.print(table)
+    _list_console().print(table)
     for problem in registry.problems:
         err.print(f"[yellow]warning:[/] {escape(problem)}")
+
+
+def _list_console() -> Console:
+    """``list``'s tables off a terminal (a pipe, a file) are 200 columns wide, so descriptions
+    and help stay on one line each where the 80 columns rich assumes would fold them."""
+    if out.is_terminal or os.environ.get("COLUMNS"):
+        return out
+    return PipeSafeConsole(width=200)
 
 
 def _print_settings(registry, method: str | None, task: str | None) -> None:
@@ -363,7 +371,7 @@ def _print_settings(registry, method: str | None, task: str | None) -> None:
             table.add_row(escape(prefix + key), escape(kind_name), escape(repr(default)), text)
         if not rows:
             table.add_row("(none)", "", "", "")
-        out.print(table)
+        _list_console().print(table)
         if kind == "task" and getattr(entry.cls, "train_defaults", None):
             budget = ", ".join(f"{k}={v}" for k, v in entry.cls.train_defaults.items())
             out.print(f"its default training budget: {escape(budget)}")

@@ -346,3 +346,16 @@ def test_list_shows_a_plugins_settings_with_their_defaults_and_help(option, name
         assert text == field.metadata["help"]
     if option == "--task":
         assert f"steps={entry.cls.train_defaults['steps']}" in result.output
+
+
+def test_list_off_a_terminal_keeps_each_description_on_one_line(monkeypatch):
+    from typer.testing import CliRunner
+
+    from forgetbench.cli import app
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    result = CliRunner().invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    for name, entry in get_registry().methods.items():
+        [line] = [line for line in result.output.splitlines() if line.startswith(f"│ {name} ")]
+        assert entry.cls.description in line
