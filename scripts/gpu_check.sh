@@ -47,7 +47,7 @@ figures)
         [ "$status" -eq 0 ] || tail -5 "$OUT/run-$seed.log" | tee -a "$OUT/runs.txt"
     done
     "$PY" -m forgetbench leaderboard --db "$OUT/gpu.db" 2>&1 | tee -a "$OUT/runs.txt"
-    rm -f "$OUT"/run-*.log "$OUT/gpu.db"  # the tool brings back at most 8 files
+    rm -f "$OUT"/run-*.log "$OUT"/gpu.db*  # the tool brings back at most 8 files
     # Every benchmark at quick sizes, on the GPU; what does not fit is cut, its table kept.
     if [ "$(left)" -gt 30 ]; then
         timeout -s INT "$(left)" "$PY" -m bench.run_all --quick --device auto 2>&1 \
