@@ -326,7 +326,8 @@ def list_plugins(
         table.add_column(column, overflow="fold")  # names and distributions whole at any width
     for name, entry in sorted(registry.methods.items()):
         table.add_row(name, entry.provider, entry.cls.description)
-    _list_console().print(table)
+    console = _list_console()
+    console.print(table)
     table = Table(title="tasks")
     for column in ("name", "family", "main metric", "offline", "provided by", "description"):
         table.add_column(column, overflow="fold")
@@ -339,7 +340,7 @@ def list_plugins(
         )
         offline = "yes" if meta.offline else "no"
         table.add_row(name, meta.family, metric, offline, entry.provider, meta.description)
-    _list_console().print(table)
+    console.print(table)
     for problem in registry.problems:
         err.print(f"[yellow]warning:[/] {escape(problem)}")
 
@@ -357,6 +358,7 @@ def _print_settings(registry, method: str | None, task: str | None) -> None:
     training budget it sets: ``steps``, ``lr``, ...)."""
     from forgetbench.config import settings
 
+    console = _list_console()
     for kind, name in (("method", method), ("task", task)):
         if not name:
             continue
@@ -371,10 +373,10 @@ def _print_settings(registry, method: str | None, task: str | None) -> None:
             table.add_row(escape(prefix + key), escape(kind_name), escape(repr(default)), text)
         if not rows:
             table.add_row("(none)", "", "", "")
-        _list_console().print(table)
+        console.print(table)
         if kind == "task" and getattr(entry.cls, "train_defaults", None):
             budget = ", ".join(f"{k}={v}" for k, v in entry.cls.train_defaults.items())
-            out.print(f"its default training budget: {escape(budget)}")
+            console.print(f"its default training budget: {escape(budget)}")
 
 
 def _print_run(store, run_id: int) -> None:

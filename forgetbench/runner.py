@@ -573,12 +573,10 @@ class Run:
         if self.accelerator.state.mixed_precision != self.resolved.train.mixed_precision:
             # stage 0 ran under accelerate state of its own: the run's comes back
             self.accelerator = ctx.accelerator = engine.make_accelerator(self.resolved.train)
-        versions = (self.store.get_run(self.run_id) or {}).get("versions") or {}
+        self.store.update_run(self.run_id, model=f"{bundle.source}@{bundle.identity[:16]}")
         digest = None if self.request.prior_model else _stage0_files_digest(bundle)
         if digest:  # a --prior-model folder's identity is already its files' hash
-            versions = {**versions, "prior_files": digest}
-        model_name = f"{bundle.source}@{bundle.identity[:16]}"
-        self.store.update_run(self.run_id, model=model_name, versions=versions)
+            self._add_versions(prior_files=digest)
         engine.seed_everything(self.request.seed)  # the new head's init must not depend on stage 0
         shared = {name for name, _ in bundle.model.named_parameters()}
         model = self.task.init_new_task(ctx, bundle, data).to(self.accelerator.device)
@@ -592,9 +590,13 @@ class Run:
         ``prior_before_cache``: ``hit``, ``miss`` or ``off``."""
         before, status = evaluate_before(ctx, model, data)
         log.info("the prior split's evaluation before fine-tuning: cache %s", status)
-        versions = (self.store.get_run(self.run_id) or {}).get("versions") or {}
-        self.store.update_run(self.run_id, versions={**versions, "prior_before_cache": status})
+        self._add_versions(prior_before_cache=status)
         return before
+
+    def _add_versions(self, **items: str) -> None:
+        """Add entries to the stored row's ``versions`` (what was recorded at start stays)."""
+        versions = (self.store.get_run(self.run_id) or {}).get("versions") or {}
+        self.store.update_run(self.run_id, versions={**versions, **items})
 
     def setup_methods(self, ctx: RunContext, model: torch.nn.Module, data: TaskData):
         """Setup hooks, then the prior sampler (it must see f0 unchanged), then wrappers."""
@@ -701,14 +703,16 @@ SPLIT_FIELDS = ("prior_train", "prior_eval", "new_train", "new_eval")
 
 def _files_state(bundle: ModelBundle, prior_model: str | None) -> tuple | None:
     """Names, sizes and times of the files a prior model was loaded from (None: none)."""
-    if prior_model:
-        directory = Path(prior_model).expanduser()
-    else:
-        directory = cache_root() / "stage0" / bundle.identity
+    directory = Path(prior_model).expanduser() if prior_model else _stage0_entry(bundle)
     if not bundle.identity or not directory.is_dir():
         return None
     files = sorted(p for p in directory.rglob("*") if p.is_file())
     return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+def _stage0_entry(bundle: ModelBundle) -> Path:
+    """The stage-0 cache entry a prior model came from (its identity is the entry's key)."""
+    return cache_root() / "stage0" / bundle.identity
 
 
 def _stage0_files_digest(bundle: ModelBundle) -> str | None:
@@ -716,7 +720,7 @@ def _stage0_files_digest(bundle: ModelBundle) -> str | None:
     weights are, where its identity is how they were made (the entry's key). Two machines that
     trained one recipe to different weights store the same identity but different digests.
     None for a task without a stage 0."""
-    entry = cache_root() / "stage0" / bundle.identity
+    entry = _stage0_entry(bundle)
     if not bundle.identity or not (entry / MANIFEST).is_file():
         return None
     return hash_json(sorted(manifest(entry)["files"].items()))
