@@ -65,6 +65,7 @@ __all__ = [
     "hookimpl",
     "load_entries",
     "masked_mean",
+    "module_stack",
     "pad_logits",
     "phase",
     "plugin_cache",
@@ -450,6 +451,12 @@ class Method:
         methods: a ``mix_ratio`` that rounds to no prior sample at this ``batch_size``), like
         :meth:`check_task`: before anything is stored. Default: any settings."""
 
+    def check_model(self, task: Task, model: torch.nn.Module) -> None:
+        """Refuse the model this run would fine-tune (f0 plus the new task's head), with a
+        ForgetbenchError saying why: e.g. a layer index past the depth of
+        :meth:`Task.layer_stack`. Called once the model is built, before anything is evaluated
+        or trained; the run is stored ``failed`` with the error. Default: any model."""
+
 
 class Task(ABC):
     """A two-stage scenario: a prior model f0, then fine-tuning on a new task.
@@ -559,6 +566,16 @@ class Task(ABC):
         weights for the new dataset, set zero-shot): a method that freezes the model, such as
         LoRA, keeps them trainable, as it keeps a fresh head (``ctx.new_param_names``)."""
         return []
+
+    def layer_stack(self, model: torch.nn.Module) -> list[torch.nn.Module] | None:
+        """The fine-tuned model's repeated blocks (transformer layers, CNN stages), in the order
+        the input passes through them, embeddings and heads excluded: what a layer-wise method
+        (freeze the bottom K blocks, layer-wise learning rates) indexes. An encoder-decoder
+        gives its encoder's blocks, then its decoder's. None: unknown for this task (a method
+        that needs it refuses the task in :meth:`Method.check_task`, with
+        ``task.implements("layer_stack")``). :func:`module_stack` finds them in most
+        transformers and open_clip models."""
+        return None
 
     @classmethod
     def implements(cls, step: str) -> bool:
@@ -678,6 +695,29 @@ def tap_layers(num_layers: int, taps: int = 4) -> list[int]:
     """Evenly spaced hidden-state indices from the embedding output (0) to the last layer:
     the feature taps LDIFS reads (4 taps: 0, L/3, 2L/3, L)."""
     return sorted({round(i * num_layers / (taps - 1)) for i in range(taps)})
+
+
+_STACK_NAMES = ("layer", "layers", "block", "blocks", "resblocks", "h")
+
+
+def module_stack(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks of every layer list in ``module``, in registration order: each
+    ``ModuleList`` or ``Sequential`` named ``layer``, ``layers``, ``block``, ``blocks``,
+    ``resblocks`` or ``h`` (BERT's ``encoder.layer``, DistilBERT's ``transformer.layer``, Marian's
+    ``encoder.layers`` then ``decoder.layers``, T5's ``block``, GPT-2's ``h``, open_clip's
+    ``transformer.resblocks``, timm's ``blocks``), lists nested inside a found block left
+    out. Pass the part a task fine-tunes, e.g. CLIP's image tower only."""
+    stack: list[torch.nn.Module] = []
+    found: list[str] = []
+    for name, child in module.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in found):
+            continue
+        if name.rsplit(".", 1)[-1] in _STACK_NAMES and isinstance(
+            child, torch.nn.ModuleList | torch.nn.Sequential
+        ):
+            found.append(name)
+            stack.extend(child)
+    return stack
 
 
 # Public names defined in modules that import this one (the engine, the rehearsal helpers, the

@@ -582,6 +582,8 @@ class Run:
         model = self.task.init_new_task(ctx, bundle, data).to(self.accelerator.device)
         new_names = frozenset(n for n, _ in model.named_parameters() if n not in shared)
         ctx.attach(bundle, new_names, data.prior_train)
+        for method in self.methods:  # before minutes of evaluation go to a run it refuses
+            method.check_model(self.task, model)
         return model
 
     def evaluate_before(self, ctx: RunContext, model: torch.nn.Module, data: TaskData) -> dict:

@@ -43,6 +43,7 @@ from forgetbench.api import (
     TaskMetadata,
     TrainConfig,
     check,
+    module_stack,
     pad_logits,
 )
 from forgetbench.cache import CACHE_ENV, hash_json
@@ -232,6 +233,9 @@ class TinyTextTask(Task):
     def lora_target_modules(self, model: nn.Module) -> list[str]:
         return ["query", "value"]
 
+    def layer_stack(self, model: nn.Module) -> list[nn.Module]:
+        return module_stack(model.encoder)
+
     def feature_taps(self) -> str:
         return "mask-averaged hidden states of the embedding output and each layer"
 
@@ -382,6 +386,9 @@ class TinyQATask(Task):
 
     def lora_target_modules(self, model: nn.Module) -> list[str]:
         return ["query", "value"]
+
+    def layer_stack(self, model: nn.Module) -> list[nn.Module]:
+        return module_stack(model)
 
 
 def registry_with(*extra_methods: type, tasks: tuple[type, ...] = ()) -> Registry:

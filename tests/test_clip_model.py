@@ -201,6 +201,20 @@ def test_taps_are_the_stem_and_evenly_spaced_blocks(loaded, config, widths):
 
 
 @pytest.mark.parametrize("config", [TINY_VIT, TINY_EFFICIENTNET])
+def test_layer_stack_is_the_image_towers_blocks(loaded, config):
+    task, _, _ = loaded
+    clip, processor = create_clip(register_model_config(config))
+    model = task.zero_shot_model(clip, processor, config)
+    visual = model.clip.visual
+    trunk = getattr(visual, "trunk", None)
+    expected = list(trunk.blocks) if trunk is not None else list(visual.transformer.resblocks)
+    assert len(expected) >= 2
+    assert task.layer_stack(model) == expected
+    text = {id(module) for module in model.clip.transformer.modules()}
+    assert not any(id(block) in text for block in task.layer_stack(model))
+
+
+@pytest.mark.parametrize("config", [TINY_VIT, TINY_EFFICIENTNET])
 def test_lora_adapts_only_the_image_tower(loaded, config):
     from peft import LoraConfig, get_peft_model
 

@@ -159,6 +159,8 @@ def test_features_are_four_taps_of_shape_batch_by_hidden(tokenizer, task):
         result = task.forward(model, task.collate(bundle, examples), with_features=True)
     assert [tuple(f.shape) for f in result.features] == [(2, 16)] * 4
     assert task.lora_target_modules(model) == ["query", "value"]
+    assert task.layer_stack(model) == list(model.bert.encoder.layer)  # the span head is not one
+    assert len(task.layer_stack(model)) == 3
 
 
 def test_bundle_round_trip_and_prior_model_formats(tokenizer, task, tmp_path):

@@ -77,6 +77,11 @@ def test_features_are_six_taps_of_encoder_and_decoder(task, bundle):
     assert len(out.features) == 6
     assert all(f.shape == (3, 32) for f in out.features)
     assert task.lora_target_modules(bundle.model) == ["q_proj", "v_proj"]
+    marian = bundle.model.model
+    stack = task.layer_stack(bundle.model)
+    assert stack == [*marian.encoder.layers, *marian.decoder.layers]  # encoder first
+    assert len(marian.encoder.layers) > 0
+    assert len(marian.decoder.layers) > 0
 
 
 def test_lang_pair_partition(task):

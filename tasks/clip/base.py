@@ -38,6 +38,7 @@ from forgetbench.api import (
     TaskData,
     hash_dir,
     hash_json,
+    module_stack,
 )
 
 from .images import ImageDataset, ImageTable
@@ -244,3 +245,8 @@ class ZeroShotImageTask(Task):
         """The image tower's 1x1 convolutions and projection (EfficientNet) or its MLP
         linears (ViT), by full module name; None for other towers."""
         return lora_targets(model.clip.visual)
+
+    def layer_stack(self, model: nn.Module) -> list[nn.Module] | None:
+        """The image tower's blocks (ViT residual blocks, or an EfficientNet's stages), bottom
+        first; the text tower, which only made the zero-shot heads, is not in it."""
+        return module_stack(model.clip.visual) or None

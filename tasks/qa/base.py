@@ -44,6 +44,7 @@ from forgetbench.api import (
     hash_dir,
     hash_json,
     masked_mean,
+    module_stack,
     tap_layers,
 )
 
@@ -508,6 +509,10 @@ class SpanQATask(Task):
             if set(targets) <= names:
                 return targets
         return None
+
+    def layer_stack(self, model: torch.nn.Module) -> list[torch.nn.Module] | None:
+        """The encoder's transformer layers, bottom first (the span head is not one)."""
+        return module_stack(model) or None
 
 
 def context_masks(windows: Windows, rows: Sequence[int], length: int) -> torch.Tensor:

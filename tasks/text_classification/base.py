@@ -31,6 +31,7 @@ from forgetbench.api import (
     TaskData,
     hash_dir,
     masked_mean,
+    module_stack,
     pad_logits,
     tap_layers,
 )
@@ -264,6 +265,10 @@ class ClassificationTask(Task):
     def lora_target_modules(self, model: nn.Module) -> list[str]:
         # BERT-family attention projections (LoRA paper: W_q and W_v).
         return ["query", "value"]
+
+    def layer_stack(self, model: nn.Module) -> list[nn.Module] | None:
+        """The encoder's transformer layers (BERT's ``encoder.layer``), bottom first."""
+        return module_stack(model.encoder) or None
 
     def reference_losses(self, ctx: RunContext, model: nn.Module, split: Split) -> torch.Tensor:
         """Per-example loss of a linear probe fitted on f0's pooled features of ``split``."""

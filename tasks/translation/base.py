@@ -48,6 +48,7 @@ from forgetbench.api import (
     TaskData,
     hash_dir,
     masked_mean,
+    module_stack,
     tap_layers,
 )
 
@@ -322,6 +323,10 @@ class Seq2SeqTask(Task):
         cross-attention of the encoder and the decoder); None for other architectures."""
         names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         return ["q_proj", "v_proj"] if {"q_proj", "v_proj"} <= names else None
+
+    def layer_stack(self, model: torch.nn.Module) -> list[torch.nn.Module] | None:
+        """The encoder's layers, then the decoder's (Marian, M2M100, BART, T5), bottom first."""
+        return module_stack(model) or None
 
 
 def group_by(examples: Sequence[dict], key: str) -> dict[str, list[int]]:
