@@ -31,7 +31,7 @@ from rich.table import Table
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.frontier import TaskPoints, collect, method_name, resample_seeds
-from forgetbench.store import Store, config_labels, latest_runs
+from forgetbench.store import Store, config_labels
 
 REHEARSED = "run/derived/rehearsed"
 RANK = {"<": 0, "=": 1, ">": 2}
@@ -117,12 +117,13 @@ class Budget:
     level: float = 0.95
 
 
-def rehearsal_configs(store: Store, points: TaskPoints, name: str) -> Configs:
-    """{config label: {seed: (rehearsed, prior/after oriented)}} of method stack ``name``."""
+def rehearsal_configs(points: TaskPoints, name: str) -> Configs:
+    """{config label: {seed: (rehearsed, prior/after oriented)}} of method stack ``name``, from
+    the runs ``points`` were collected from."""
     points.method(name)  # a clear error for an unknown method
-    runs = [r for r in latest_runs(store, points.task) if method_name(r) == name]
+    runs = [r for r in points.runs if method_name(r) == name]
     labels = config_labels(runs)  # as the frontier's (labels of other stacks never collide)
-    values = store.get_metrics(run["id"] for run in runs)
+    values = points.values
     sign = 1.0 if points.higher[0] else -1.0
     key = f"prior/after/{points.prior_metric}"
     configs: Configs = {}
@@ -195,7 +196,7 @@ def budget(
     if metric is not None and (not metric.strip() or "," in metric):
         raise ForgetbenchError(f"budget --metric takes one prior metric name, got {metric!r}")
     points = collect(store, task, wise_ft_grid=False, metrics=(metric and metric.strip(), None))
-    first, second = rehearsal_configs(store, points, a), rehearsal_configs(store, points, b)
+    first, second = rehearsal_configs(points, a), rehearsal_configs(points, b)
     seeds = sorted({s for c in first.values() for s in c} & {s for c in second.values() for s in c})
     if not seeds:
         raise ForgetbenchError(

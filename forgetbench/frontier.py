@@ -143,6 +143,9 @@ class TaskPoints:
     higher: tuple[bool, bool]
     f0: dict[int, Point] = field(default_factory=dict)  # seed -> (prior/before, new/before)
     methods: dict[str, MethodPoints] = field(default_factory=dict)
+    # what they were read from: the latest ok runs and their metrics (``budget`` reads more)
+    runs: list[dict] = field(default_factory=list, repr=False)
+    values: dict[int, dict[str, float]] = field(default_factory=dict, repr=False)
 
     def method(self, name: str) -> MethodPoints:
         if name not in self.methods:
@@ -201,7 +204,8 @@ def collect(
     prior, new = metrics or (None, None)
     prior, new = prior or first["prior_metric"], new or first["new_metric"]
     keys = (f"prior/after/{prior}", f"new/after/{new}")
-    points = TaskPoints(task, prior, new, _directions(task, runs, values, directions, keys))
+    higher = _directions(task, runs, values, directions, keys)
+    points = TaskPoints(task, prior, new, higher, runs=runs, values=values)
     labels = config_labels(runs)  # a config is its hash, shown by its label
     for run in runs:
         metric = values[run["id"]]

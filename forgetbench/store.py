@@ -686,7 +686,7 @@ def latest_runs(store: Store, task: str | None = None) -> list[dict]:
     return runs
 
 
-@functools.cache  # once per process: `budget` reads the runs three times
+@functools.cache  # once per process: a command may read the runs more than once
 def _warn_older_versions(location: str, task: str, count: int, current: str) -> None:
     log.warning(
         "task %s: %d run(s) of older task versions left out (its current version is %s)",

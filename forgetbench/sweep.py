@@ -45,10 +45,12 @@ def parse_seeds(text: str) -> list[int]:
             raise ForgetbenchError(f"--seeds: the range {part} is empty (write it low-high)")
         if low < 0 or high > runner.MAX_SEED:
             raise ForgetbenchError(f"--seeds: seeds are 0 to {runner.MAX_SEED}, got {part}")
-        if high - low + 1 + len(seeds) > MAX_SEEDS:
+        if high - low + 1 > MAX_SEEDS:  # before the range is expanded
             raise ForgetbenchError(f"--seeds: at most {MAX_SEEDS:,} seeds a sweep, got {part}")
         seeds += [s for s in range(low, high + 1) if s not in seen]
         seen.update(range(low, high + 1))
+        if len(seeds) > MAX_SEEDS:  # distinct seeds: a repeated range counts once
+            raise ForgetbenchError(f"--seeds: at most {MAX_SEEDS:,} seeds a sweep, got {text}")
     return seeds
 
 

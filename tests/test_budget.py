@@ -109,6 +109,16 @@ def test_budget_by_hand_in_both_directions(db, lower_is_better):
     assert len(on_envelope) == 3
 
 
+def test_budget_reads_the_runs_once(db, monkeypatch):
+    store = make_store(db)
+    reads = []
+    get_runs = store.get_runs
+    monkeypatch.setattr(store, "get_runs", lambda **kw: reads.append(kw) or get_runs(**kw))
+    result = budget(store, "toy", "mixcd", "random", resamples=50)
+    assert len(result.matches) == len(MIXCD)
+    assert reads == [{"status": "ok", "task": "toy"}]
+
+
 def test_budget_on_another_prior_metric_uses_its_values_and_direction(db):
     """The curve stored as an extra metric ``error`` (1 - accuracy, lower is better) and a flat
     main metric: --metric error gives the by-hand ratios, the main metric none of them."""

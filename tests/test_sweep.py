@@ -38,6 +38,9 @@ def test_parse_seeds_and_grid():
         with pytest.raises(ForgetbenchError, match="--seeds"):
             parse_seeds(bad)
     assert len(parse_seeds("0-9999")) == 10_000
+    assert len(parse_seeds("0-9999,0-9999,5")) == 10_000  # distinct seeds count, once each
+    with pytest.raises(ForgetbenchError, match="at most 10,000 seeds"):
+        parse_seeds("0-9999,10000")
     grid = parse_grid(["mixcd.mix_ratio=0.1, 0.25", "wise-ft.grid=0,0.5;0,1", "steps=5"])
     assert grid == {"mixcd.mix_ratio": ["0.1", "0.25"], "wise-ft.grid": ["0,0.5", "0,1"]} | {
         "steps": ["5"]
