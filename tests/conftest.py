@@ -1,14 +1,23 @@
-"""Shared fixtures: every test gets its own cache dir and results database."""
+"""Shared fixtures: every test gets its own cache dir and results database; the test suite's
+plugin distribution, ``forgetbench-test-fixtures``, for the tests that ask for it."""
 
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from reliability_helpers import (
+    FIXTURES_DIST,
+    FIXTURES_MODULE,
+    add_fixtures_distribution,
+    plugins_on_path,
+)
 
+from forgetbench.registry import Registry, get_registry
 from forgetbench.testing import registry_with
 
 PG_URL_ENV = "FORGETBENCH_TEST_PG_URL"
@@ -45,6 +54,26 @@ def db(tmp_path):
 def tiny_registry():
     """Installed methods and tasks plus the in-code ``tiny`` task."""
     return registry_with()
+
+
+@pytest.fixture(scope="session")
+def fixtures_plugin_path(tmp_path_factory) -> Path:
+    """A folder holding ``forgetbench-test-fixtures`` (the mock tasks ``tiny`` and ``tiny-qa``
+    and the test methods of ``reliability_helpers``), for a subprocess's ``PYTHONPATH``
+    (``reliability_helpers.cli_process``)."""
+    return add_fixtures_distribution(tmp_path_factory.mktemp("plugins"))
+
+
+@pytest.fixture
+def fixtures_plugin(fixtures_plugin_path, monkeypatch) -> Iterator[Registry]:
+    """``forgetbench-test-fixtures`` on ``sys.path`` for one test, and the real registry
+    loaded again: the CLI in this process finds the plugin as an installed one. Afterwards
+    the registry of the installed plugins is loaded back (``plugins_on_path``)."""
+    with plugins_on_path(monkeypatch, fixtures_plugin_path, modules=[FIXTURES_MODULE]):
+        registry = get_registry(reload=True)
+        assert registry.task("tiny").provider == FIXTURES_DIST, registry.problems
+        yield registry
+    assert "tiny" not in get_registry().tasks  # the next test sees the installed plugins only
 
 
 def _in_ci() -> bool:

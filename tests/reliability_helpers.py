@@ -1,30 +1,31 @@
-"""Helpers of the reliability tests: the real CLI (``forgetbench.cli.main``) with the mock
-``tiny`` task registered, in this process or in a subprocess, and a method that slows training
-down so that a test can signal a run midway."""
+"""Helpers of the reliability tests: the real CLI (``forgetbench.cli.main``, ``python -m
+forgetbench``) in this process or in a subprocess, and the test suite's own plugin
+distribution, ``forgetbench-test-fixtures``, which registers the mock tasks (``tiny``,
+``tiny-qa``) and the test methods below as a user's pip-installed plugin would: a
+``*.dist-info`` folder with ``entry_points.txt`` next to the plugin's module, on the path.
+Nothing of the core is patched: the registry finds the plugin through its entry point."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
 
-import forgetbench.registry
-import forgetbench.report
-import forgetbench.runner
 from forgetbench.api import Method
 from forgetbench.cli import main
 from forgetbench.hookspecs import hookimpl
-from forgetbench.registry import Registry
-from forgetbench.testing import registry_with
+from forgetbench.registry import get_registry
 
 # A tiny run without stage-0 training that takes a few seconds.
 SMALL = {
@@ -53,10 +54,82 @@ class SlowSteps(Method):
         time.sleep(float(os.environ.get("SLOW_SECONDS", "0")))
 
 
-def use_registry(monkeypatch: pytest.MonkeyPatch, registry: Registry) -> None:
-    """Every core module that looks the registry up gets ``registry``."""
-    for module in (forgetbench.registry, forgetbench.runner, forgetbench.report):
-        monkeypatch.setattr(module, "get_registry", lambda reload=False: registry)
+class SetupFails(Method):
+    name = "setup-fails"
+    description = "raises in setup"
+
+    @hookimpl
+    def forgetbench_setup(self, ctx):
+        raise RuntimeError("setup exploded on purpose")
+
+
+class NanDiagnostic(Method):
+    name = "nan-diagnostic"
+    description = "reports a NaN diagnostic"
+
+    @hookimpl
+    def forgetbench_diagnostics(self):
+        return {"metrics": {"broken": float("nan")}}
+
+
+def add_distribution(folder: Path, dist: str, entry_name: str, module: str, source: str) -> None:
+    """A minimal installed distribution: metadata, one ``forgetbench`` entry point, a module."""
+    info = folder / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[forgetbench]\n{entry_name} = {module}\n")
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+@contextmanager
+def plugins_on_path(
+    monkeypatch: pytest.MonkeyPatch, *folders: Path, modules: Iterable[str]
+) -> Iterator[None]:
+    """``folders`` of distributions on ``sys.path``, searched in the order given. Afterwards
+    every patch of ``monkeypatch`` is undone (the test's environment too), the plugins'
+    ``modules`` are forgotten and the registry of the installed plugins is loaded again, so
+    that no other test sees them."""
+    for folder in reversed(folders):  # each prepended: the last one is searched first
+        monkeypatch.syspath_prepend(str(folder))
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        for module in modules:
+            sys.modules.pop(module, None)
+        importlib.invalidate_caches()
+        get_registry(reload=True)
+
+
+FIXTURES_DIST = "forgetbench-test-fixtures"
+FIXTURES_MODULE = "forgetbench_test_fixtures"
+FIXTURES_PLUGIN = """
+# forgetbench-test-fixtures: the test suite's plugin, the mock tasks and the test methods
+from reliability_helpers import NanDiagnostic, SetupFails, SlowSteps
+
+from forgetbench.api import hookimpl
+from forgetbench.testing import TinyQATask, TinyTextTask
+
+
+@hookimpl
+def forgetbench_register_tasks(register):
+    register(TinyTextTask)
+    register(TinyQATask)
+
+
+@hookimpl
+def forgetbench_register_methods(register):
+    register(SlowSteps)
+    register(SetupFails)
+    register(NanDiagnostic)
+"""
+
+
+def add_fixtures_distribution(folder: Path) -> Path:
+    """``forgetbench-test-fixtures`` installed in ``folder`` (put it on the path to use it;
+    its module imports this one, so the tests' folder must be on the path too)."""
+    add_distribution(folder, FIXTURES_DIST, "test-fixtures", FIXTURES_MODULE, FIXTURES_PLUGIN)
+    return folder
 
 
 def cli(
@@ -83,42 +156,19 @@ def _exit_code() -> int:
     return 0
 
 
-SCRIPT = """
-import functools, sys
-sys.path.insert(0, {tests!r})
-from reliability_helpers import SlowSteps, slow_registry, use_registry_everywhere
-use_registry_everywhere(SlowSteps)
-import forgetbench.sweep as sweep  # a sweep's pool processes build the same registry
-sweep.run_sweep = functools.partial(sweep.run_sweep, registry_factory=slow_registry)
-sys.argv = ["forgetbench", *sys.argv[1:]]
-from forgetbench.cli import main
-main()
-"""
-
-
-def slow_registry():
-    """The registry of :data:`SCRIPT`'s runs, for a sweep's pool processes (picklable)."""
-    return registry_with(SlowSteps)
-
-
-def use_registry_everywhere(*methods: type) -> None:
-    """For a subprocess: the installed registry plus the mock tasks and ``methods``."""
-    registry = registry_with(*methods)
-    for module in (forgetbench.registry, forgetbench.runner, forgetbench.report):
-        module.get_registry = lambda reload=False: registry
-
-
-def cli_process(args: list[str], env: dict[str, str], **popen) -> subprocess.Popen:
-    """``forgetbench ARGS`` with the tiny task registered, in a subprocess.
+def cli_process(args: list[str], env: dict[str, str], plugins: Path, **popen) -> subprocess.Popen:
+    """``python -m forgetbench ARGS`` in a subprocess, with the distributions in ``plugins``
+    (:func:`add_fixtures_distribution`) and the tests' folder on its ``PYTHONPATH``: the CLI,
+    and a sweep's spawned pool processes, which inherit that path, find the test plugin
+    through its entry point, as an installed one.
 
     The child starts with SIGINT at its default disposition, as from a terminal: a test suite
     launched in the background (``make test &``) has SIGINT ignored, which its children would
-    inherit, and Python then never turns Ctrl-C into KeyboardInterrupt. The tests' folder is
-    on the child's ``PYTHONPATH``, so a sweep's spawned pool processes find this module."""
+    inherit, and Python then never turns Ctrl-C into KeyboardInterrupt."""
     tests = str(Path(__file__).parent)
-    path = os.pathsep.join([tests, *filter(None, [env.get("PYTHONPATH")])])
+    path = os.pathsep.join([str(plugins), tests, *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.Popen(
-        [sys.executable, "-c", SCRIPT.format(tests=tests), *args],
+        [sys.executable, "-m", "forgetbench", *args],
         env={**env, "PYTHONPATH": path},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -9,10 +9,10 @@ import pytest
 from reliability_helpers import (
     SMALL,
     SMALL_ARGS,
+    SetupFails,
     cli,
     one_error_line,
     signal_when_ready,
-    use_registry,
 )
 
 from forgetbench.api import Method
@@ -21,15 +21,6 @@ from forgetbench.report import leaderboard
 from forgetbench.runner import RunRequest, execute
 from forgetbench.store import Store
 from forgetbench.testing import registry_with
-
-
-class SetupFails(Method):
-    name = "setup-fails"
-    description = "raises in setup"
-
-    @hookimpl
-    def forgetbench_setup(self, ctx):
-        raise RuntimeError("setup exploded on purpose")
 
 
 class CtrlC(Method):
@@ -50,8 +41,8 @@ def finished_label(db: str) -> str:
     return run["methods"]
 
 
+@pytest.mark.usefixtures("fixtures_plugin")
 def test_a_plugin_crash_is_one_line_naming_the_run_the_plugin_and_its_hook(db, monkeypatch, capsys):
-    use_registry(monkeypatch, registry_with(SetupFails))
     args = ["run", "--task", "tiny", "--method", "setup-fails", "--steps", "2", "--db", db]
     code, _, stderr = cli([*args, *SMALL_ARGS], monkeypatch, capsys)
     assert code == 1

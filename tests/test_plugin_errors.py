@@ -7,13 +7,10 @@ Each mistake is a real distribution on disk (``*.dist-info`` with ``entry_points
 through the entry-point group, as an installed one would be.
 """
 
-import importlib
-import sys
 from collections.abc import Iterator
 
 import pytest
-from reliability_helpers import cli
-from test_plugins_loading import add_distribution
+from reliability_helpers import add_distribution, cli, plugins_on_path
 
 from forgetbench.api import ForgetbenchError
 from forgetbench.registry import get_registry
@@ -94,15 +91,8 @@ def broken_plugins(tmp_path, monkeypatch) -> Iterator[None]:
     for entry, body in PLUGINS.items():
         source = body if entry == "boom" else HEADER + body
         add_distribution(tmp_path, f"fb-{entry}-dist", entry, module_name(entry), source)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
+    with plugins_on_path(monkeypatch, tmp_path, modules=map(module_name, PLUGINS)):
         yield
-    finally:
-        monkeypatch.undo()
-        for entry in PLUGINS:
-            sys.modules.pop(module_name(entry), None)
-        importlib.invalidate_caches()
-        get_registry(reload=True)
 
 
 def problem_of(registry, needle: str) -> str:

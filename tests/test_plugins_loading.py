@@ -5,13 +5,11 @@ The distributions are built on disk for the test (a ``*.dist-info`` folder with
 ``entry_points.txt`` next to its module), so nothing depends on what happens to be installed.
 """
 
-import importlib
 import sys
-import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from reliability_helpers import add_distribution, plugins_on_path
 
 from forgetbench.registry import DISABLE_ENV, get_registry
 
@@ -34,15 +32,6 @@ BROKEN_PLUGIN = 'raise RuntimeError("boom at import")\n'
 MODULES = ("fb_test_good", "fb_test_broken", "fb_test_duplicate")
 
 
-def add_distribution(folder: Path, dist: str, entry_name: str, module: str, source: str) -> None:
-    """A minimal installed distribution: metadata, one ``forgetbench`` entry point, a module."""
-    info = folder / f"{dist.replace('-', '_')}-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[forgetbench]\n{entry_name} = {module}\n")
-    (folder / f"{module}.py").write_text(textwrap.dedent(source))
-
-
 @pytest.fixture
 def test_distributions(tmp_path, monkeypatch) -> Iterator[None]:
     """A good, a broken and (later on sys.path) a duplicate-named plugin distribution."""
@@ -55,16 +44,8 @@ def test_distributions(tmp_path, monkeypatch) -> Iterator[None]:
     add_distribution(
         first, "fb-test-broken-dist", "fb-test-broken", "fb_test_broken", BROKEN_PLUGIN
     )
-    monkeypatch.syspath_prepend(str(later))
-    monkeypatch.syspath_prepend(str(first))  # prepended last, so searched first
-    try:
+    with plugins_on_path(monkeypatch, first, later, modules=MODULES):  # first searched first
         yield
-    finally:
-        monkeypatch.undo()
-        for module in MODULES:
-            sys.modules.pop(module, None)
-        importlib.invalidate_caches()
-        get_registry(reload=True)
 
 
 @pytest.mark.usefixtures("test_distributions")
@@ -116,18 +97,12 @@ def test_a_plugin_cannot_take_a_builtin_name(tmp_path, monkeypatch):
     """A third-party ``finetune`` is reported and set aside; the builtin keeps working."""
     source = GOOD_PLUGIN.replace('"plugin-test-method"', '"finetune"')
     add_distribution(tmp_path, "fb-test-squatter", "fb-test-squatter", "fb_test_squat", source)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
+    with plugins_on_path(monkeypatch, tmp_path, modules=["fb_test_squat"]):
         registry = get_registry(reload=True)
         assert registry.method("finetune").provider == "forgetbench"
         [problem] = [p for p in registry.problems if "fb-test-squatter" in p]
         assert "'finetune' stays the builtin one" in problem
         assert f"{DISABLE_ENV}=fb-test-squatter" in problem
-    finally:
-        monkeypatch.undo()
-        sys.modules.pop("fb_test_squat", None)
-        importlib.invalidate_caches()
-        get_registry(reload=True)
 
 
 def test_registry_is_back_to_the_installed_plugins():

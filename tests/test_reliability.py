@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from reliability_helpers import SMALL, SMALL_ARGS, cli, use_registry
+from reliability_helpers import SMALL, SMALL_ARGS, NanDiagnostic, cli
 from safetensors.torch import save_model
 
 import forgetbench.progress
@@ -40,15 +40,6 @@ class StopAtStep(Method):
     def forgetbench_after_step(self, step):
         if StopAtStep.armed and step == StopAtStep.stop_at:
             raise KeyboardInterrupt
-
-
-class NanDiagnostic(Method):
-    name = "nan-diagnostic"
-    description = "reports a NaN diagnostic"
-
-    @hookimpl
-    def forgetbench_diagnostics(self):
-        return {"metrics": {"broken": float("nan")}}
 
 
 @pytest.fixture
@@ -79,10 +70,8 @@ def interrupted_run(db, registry, **overrides) -> int:
 # -- 2. empty splits -------------------------------------------------------------------------
 
 
-def test_an_empty_split_fails_at_once_naming_the_split_and_its_size(
-    db, monkeypatch, capsys, tiny_registry
-):
-    use_registry(monkeypatch, tiny_registry)
+@pytest.mark.usefixtures("fixtures_plugin")
+def test_an_empty_split_fails_at_once_naming_the_split_and_its_size(db, monkeypatch, capsys):
     args = ["run", "--task", "tiny", "--steps", "2", *SMALL_ARGS, "--db", db]
     code, _, stderr = cli([*args, "--set", "task.new_train_size=0"], monkeypatch, capsys)
     assert code == 1  # the old batch stream spun forever (BatchStream's own test covers it)
@@ -156,8 +145,8 @@ def test_an_intact_checkpoint_restores_and_a_tampered_one_does_not(tmp_path):
     assert not (tmp_path / "checkpoint").exists()
 
 
-def test_a_nan_metric_fails_the_run_in_one_line_naming_it(db, monkeypatch, capsys, registry):
-    use_registry(monkeypatch, registry)
+@pytest.mark.usefixtures("fixtures_plugin")
+def test_a_nan_metric_fails_the_run_in_one_line_naming_it(db, monkeypatch, capsys):
     args = ["run", "--task", "tiny", "--method", "nan-diagnostic", "--steps", "2", *SMALL_ARGS]
     code, _, stderr = cli([*args, "--db", db], monkeypatch, capsys)
     assert code == 1

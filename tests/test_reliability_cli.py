@@ -12,7 +12,7 @@ from contextlib import closing
 
 import pytest
 import torch
-from reliability_helpers import SMALL, cli, database_state, one_error_line, use_registry
+from reliability_helpers import SMALL, cli, database_state, one_error_line
 
 from forgetbench.config import TrainConfig
 from forgetbench.runner import RunRequest, execute
@@ -208,6 +208,7 @@ def fill(args: list[str], tmp_path, db: str) -> list[str]:
     return [arg.format(**names) for arg in args]
 
 
+@pytest.mark.usefixtures("fixtures_plugin")
 @pytest.mark.parametrize("case", list(ALL_CASES))
 def test_bad_input_is_one_line_and_changes_nothing(case, stored, tmp_path, monkeypatch, capsys):
     args, expected_code, fragment = ALL_CASES[case]
@@ -217,7 +218,6 @@ def test_bad_input_is_one_line_and_changes_nothing(case, stored, tmp_path, monke
     shutil.copy(stored, db)
     before = database_state(db)
     monkeypatch.chdir(tmp_path)
-    use_registry(monkeypatch, REGISTRY)
     args = fill(args, tmp_path, db)
     if args[0] in ("run", "show", "leaderboard", "runs") and "--db" not in args:
         args += ["--db", db]
@@ -230,9 +230,9 @@ def test_bad_input_is_one_line_and_changes_nothing(case, stored, tmp_path, monke
     assert not (tmp_path / "cache").exists()  # nothing was computed
 
 
+@pytest.mark.usefixtures("fixtures_plugin")
 @pytest.mark.parametrize("key", list(RUN_TIME_CHECKED))
 def test_free_text_keys_fail_the_run_in_one_line(key, db, monkeypatch, capsys):
-    use_registry(monkeypatch, REGISTRY)
     method = key.split(".")[0]
     small = [arg for k, v in SMALL.items() for arg in ("--set", f"{k}={v}")]
     args = ["run", "--task", "tiny", "-m", method, "--steps", "2", *small, "--set", f"{key}=abc"]
@@ -251,10 +251,10 @@ def test_usage_help_answers_to_h(monkeypatch, capsys):
     assert stderr == ""
 
 
+@pytest.mark.usefixtures("fixtures_plugin")
 def test_an_empty_leaderboard_exports_a_csv_header(stored, tmp_path, monkeypatch, capsys):
     db = str(tmp_path / "results.db")
     shutil.copy(stored, db)
-    use_registry(monkeypatch, REGISTRY)
     code, stdout, _ = cli(
         ["leaderboard", "--task", "tiny-qa", "--format", "csv", "--db", db], monkeypatch, capsys
     )

@@ -30,18 +30,18 @@ from forgetbench.testing import registry_with
 SLOW_RUN = ["run", "--task", "tiny", "--method", "slow-steps", "--steps", "40", *SMALL_ARGS]
 
 
-def slow_run(db: str, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+def slow_run(db: str, tmp_path: Path, plugins: Path) -> tuple[subprocess.Popen, Path]:
     """A tiny run in a subprocess taking 0.3 s a step; returns it and its training marker."""
     marker = tmp_path / "training"
     env = {**os.environ, "SLOW_SECONDS": "0.3", "TRAINING_MARKER": str(marker)}
-    return cli_process([*SLOW_RUN, "--db", db], env), marker
+    return cli_process([*SLOW_RUN, "--db", db], env, plugins), marker
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_run_exits_128_plus_the_signal_saying_how_to_resume(
-    signum, code, db, tmp_path
+    signum, code, db, tmp_path, fixtures_plugin_path
 ):
-    process, marker = slow_run(db, tmp_path)
+    process, marker = slow_run(db, tmp_path, fixtures_plugin_path)
     stderr = signal_when_ready(process, marker.exists, signum=signum)
     assert process.returncode == code  # was 0: schedulers and `make demo` saw a success
     name = signal.Signals(signum).name
@@ -54,9 +54,9 @@ def test_an_interrupted_run_exits_128_plus_the_signal_saying_how_to_resume(
     assert run["error"] == f"interrupted ({name})"
 
 
-def test_a_live_run_cannot_be_resumed_by_a_second_process(db, tmp_path):
+def test_a_live_run_cannot_be_resumed_by_a_second_process(db, tmp_path, fixtures_plugin_path):
     registry = registry_with(SlowSteps)
-    process, marker = slow_run(db, tmp_path)
+    process, marker = slow_run(db, tmp_path, fixtures_plugin_path)
     try:
         wait_for(marker.exists, process)
         with pytest.raises(ForgetbenchError, match="run 1 is still running"):
@@ -175,11 +175,11 @@ def test_the_offline_scenario_refuses_an_empty_split(setting, split, tmp_path):
     assert [run["status"] for run in Store(db).get_runs()] == ["failed"]
 
 
-def test_a_run_whose_reader_goes_away_finishes_and_is_stored(db, tmp_path):
+def test_a_run_whose_reader_goes_away_finishes_and_is_stored(db, tmp_path, fixtures_plugin_path):
     """``forgetbench run ... 2>&1 | head -2``: the pipe closes after two lines, and the run
     goes on quietly to its end (rich's console would exit the process, failing the run)."""
     run = ["run", "--task", "tiny", "--method", "finetune", "--steps", "3", *SMALL_ARGS]
-    process = cli_process([*run, "--db", db], {**os.environ})
+    process = cli_process([*run, "--db", db], {**os.environ}, fixtures_plugin_path)
     process.stdout.close()
     process.stderr.close()  # nobody reads any more: every write is a broken pipe
     assert process.wait(timeout=120) == 0

@@ -15,7 +15,6 @@ from reliability_helpers import (
     cli_process,
     one_error_line,
     signal_when_ready,
-    use_registry,
 )
 
 from forgetbench.errors import ForgetbenchError
@@ -103,8 +102,8 @@ def test_sweep_in_this_process_skips_finished_runs_unless_forced(db):
     assert len(Store(db).get_runs(status="ok")) == 6
 
 
+@pytest.mark.usefixtures("fixtures_plugin")
 def test_a_failed_run_is_listed_and_the_sweep_goes_on(db, monkeypatch, capsys):
-    use_registry(monkeypatch, REGISTRY)
     args = ["sweep", "--task", "tiny", "-m", "mixcd", "--grid", "mixcd.partitions=label,abc"]
     args += ["--set", "steps=2", *(f"--set={k}={v}" for k, v in SMALL.items()), "--db", db]
     code, stdout, stderr = cli(args, monkeypatch, capsys)
@@ -133,8 +132,8 @@ def test_a_run_failing_with_any_exception_is_listed_with_its_stored_row(db, monk
     assert [r["status"] for r in Store(db).get_runs()] == ["failed"]
 
 
+@pytest.mark.usefixtures("fixtures_plugin")
 def test_bad_sweep_input_is_one_line_before_anything_runs(db, monkeypatch, capsys):
-    use_registry(monkeypatch, REGISTRY)
     cases = {
         ("--grid", "mix_ratio=0.1", "-m", "lora"): "a setting of method mixcd, random",
         ("--grid", "steps=0"): "steps must be >= 1, got 0",
@@ -152,8 +151,8 @@ def test_bad_sweep_input_is_one_line_before_anything_runs(db, monkeypatch, capsy
     assert not Path(db).exists()  # nothing was stored, not even an empty store
 
 
+@pytest.mark.usefixtures("fixtures_plugin")
 def test_missing_ray_is_one_clear_line(db, monkeypatch, capsys):
-    use_registry(monkeypatch, REGISTRY)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     args = ["sweep", "--task", "tiny", "-m", "finetune", "--executor", "ray", "--db", db]
     code, _, stderr = cli(args, monkeypatch, capsys)
@@ -188,11 +187,13 @@ def test_sweep_on_ray_in_local_mode(db):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_sweep_marks_the_run_and_says_how_to_continue(db, tmp_path):
+def test_sigterm_stops_the_sweep_marks_the_run_and_says_how_to_continue(
+    db, tmp_path, fixtures_plugin_path
+):
     marker = tmp_path / "training"
     env = {**os.environ, "SLOW_SECONDS": "0.3", "TRAINING_MARKER": str(marker)}
     args = ["sweep", "--task", "tiny", "-m", "slow-steps", "--seeds", "0-1", "--set", "steps=40"]
-    process = cli_process([*args, *SMALL_ARGS, "--db", db], env)
+    process = cli_process([*args, *SMALL_ARGS, "--db", db], env, fixtures_plugin_path)
     stderr = signal_when_ready(process, marker.exists)
     assert process.returncode == 143
     assert stderr.splitlines()[-1] == (
@@ -203,14 +204,17 @@ def test_sigterm_stops_the_sweep_marks_the_run_and_says_how_to_continue(db, tmp_
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_sweep_with_workers_marks_every_running_run(db, tmp_path):
+def test_sigterm_to_a_sweep_with_workers_marks_every_running_run(
+    db, tmp_path, fixtures_plugin_path
+):
     """The pool's processes get the signal too (the sweep forwards it): each marks its run
     ``interrupted`` instead of dying with it ``running``, and the sweep does not wait for
     them to finish their runs."""
     marker = tmp_path / "training"
     env = {**os.environ, "SLOW_SECONDS": "0.5", "TRAINING_MARKER": str(marker)}
     args = ["sweep", "--task", "tiny", "-m", "slow-steps", "--seeds", "0-1", "--workers", "2"]
-    process = cli_process([*args, "--set", "steps=200", *SMALL_ARGS, "--db", db], env)
+    run = [*args, "--set", "steps=200", *SMALL_ARGS, "--db", db]
+    process = cli_process(run, env, fixtures_plugin_path)
 
     def both() -> bool:  # both workers started a run
         return len(Store(db).get_runs()) == 2
