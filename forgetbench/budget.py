@@ -31,6 +31,7 @@ from rich.table import Table
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.frontier import TaskPoints, collect, method_name, resample_seeds
+from forgetbench.scenario import Scenario
 from forgetbench.store import Store, config_labels
 
 REHEARSED = "run/derived/rehearsed"
@@ -187,6 +188,7 @@ def budget(
     seed: int = 0,
     level=0.95,
     metric: str | None = None,
+    scenario: Scenario | None = None,
 ) -> Budget:
     """For each config of ``a``: the rehearsed samples ``b`` needs for the same prior/after,
     and the ratio with a paired bootstrap interval over the seeds both have. ``metric``: the
@@ -195,7 +197,7 @@ def budget(
         raise ForgetbenchError(f"budget needs two different methods, got {a!r} twice")
     if metric is not None and (not metric.strip() or "," in metric):
         raise ForgetbenchError(f"budget --metric takes one prior metric name, got {metric!r}")
-    points = collect(store, task, wise_ft_grid=False, metrics=(metric and metric.strip(), None))
+    points = collect(store, task, False, (metric and metric.strip(), None), scenario)
     first, second = rehearsal_configs(points, a), rehearsal_configs(points, b)
     seeds = sorted({s for c in first.values() for s in c} & {s for c in second.values() for s in c})
     if not seeds:

@@ -584,6 +584,22 @@ def _print_sweep_summary(result) -> None:
         )
 
 
+ScenarioOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--scenario",
+        help="the runs' task settings: task.KEY=VALUE or prior_model=PATH, repeatable, as given"
+        " to run (default: the task's defaults, else the latest run's)",
+    ),
+]
+
+
+def _scenario(task: str, items: list[str] | None):
+    from forgetbench.scenario import parse_scenario
+
+    return parse_scenario(task, items) if items else None
+
+
 WiseFtGridOption = Annotated[
     bool,
     typer.Option(
@@ -613,6 +629,7 @@ def compare(
     ] = None,
     wise_ft_grid: WiseFtGridOption = True,
     metric: MetricOption = None,
+    scenario: ScenarioOption = None,
     db: DbOption = None,
 ):
     """Does A's Pareto frontier dominate B's? Frontier scores with bootstrap intervals."""
@@ -624,7 +641,7 @@ def compare(
     _check_bootstrap(resamples, seed)
     store = Store(db, read_only=True)
     _check_task_name(store, task)
-    points = collect(store, task, wise_ft_grid, parse_metrics(metric))
+    points = collect(store, task, wise_ft_grid, parse_metrics(metric), _scenario(task, scenario))
     result = compare_frontiers(
         points, method_a, method_b, parse_reference(reference), resamples, seed
     )
@@ -643,6 +660,7 @@ def budget(
         str | None,
         typer.Option(help="the prior metric to match (default: the task's main metric)"),
     ] = None,
+    scenario: ScenarioOption = None,
     db: DbOption = None,
 ):
     """How many rehearsed samples B needs to reach each A config's prior/after (the ratio)."""
@@ -653,7 +671,10 @@ def budget(
     _check_bootstrap(resamples, seed)
     store = Store(db, read_only=True)
     _check_task_name(store, task)
-    result = match_budget(store, task, method_a, method_b, resamples, seed, metric=metric)
+    chosen = _scenario(task, scenario)
+    result = match_budget(
+        store, task, method_a, method_b, resamples, seed, metric=metric, scenario=chosen
+    )
     for renderable in budget_tables(result):
         out.print(renderable)
 
@@ -670,6 +691,7 @@ def plot(
     title: Annotated[str | None, typer.Option(help="title of the task plot")] = None,
     wise_ft_grid: WiseFtGridOption = True,
     metric: MetricOption = None,
+    scenario: ScenarioOption = None,
     db: DbOption = None,
 ):
     """Plot a task's prior-vs-new frontiers, or one run's curves, to PNG or SVG."""
@@ -682,13 +704,16 @@ def plot(
         raise ForgetbenchError(f"give --task T (frontiers) or --run ID (curves), {which}")
     if out_path is not None and not out_path.strip():
         raise ForgetbenchError("--out is empty: give a file name ending in .png or .svg")
-    if metric is not None and task is None:
-        raise ForgetbenchError("--metric goes with --task (the frontier plot)")
+    if (metric is not None or scenario) and task is None:
+        raise ForgetbenchError("--metric and --scenario go with --task (the frontier plot)")
     store = Store(db, read_only=True)
     if task is not None:
         _check_task_name(store, task)
         metrics = parse_metrics(metric)
-        path = plot_task(store, task, out_path or f"{task}.png", title, wise_ft_grid, metrics)
+        chosen = _scenario(task, scenario)
+        path = plot_task(
+            store, task, out_path or f"{task}.png", title, wise_ft_grid, metrics, chosen
+        )
     else:
         path = plot_run(store, run_id, out_path or f"run-{run_id}.png")
     out.print(f"wrote {path}", markup=False, highlight=False)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from forgetbench.errors import ForgetbenchError, did_you_mean
+from forgetbench.scenario import Scenario, one_scenario
 from forgetbench.store import Store, config_labels, latest_runs
 
 Point = tuple[float, float]
@@ -184,8 +185,11 @@ def collect(
     task: str,
     wise_ft_grid: bool = True,
     metrics: tuple[str | None, str | None] | None = None,
+    scenario: Scenario | None = None,
 ) -> TaskPoints:
-    """Per-seed points of every method and config of ``task`` (its latest ok run per seed).
+    """Per-seed points of every method and config of ``task`` (its latest ok run per seed)
+    in one scenario (:func:`~forgetbench.scenario.one_scenario`: ``scenario``, else the
+    task's defaults where runs have them, else the latest run's), so f0 is one model.
 
     ``metrics``: the (prior, new) metric names of the two axes; None (for both, or for one)
     keeps the task's main metric. A run that did not store one of them is left out.
@@ -198,6 +202,7 @@ def collect(
     runs = latest_runs(store, task)
     if not runs:
         raise ForgetbenchError(f"no finished runs of task {task!r} in {store.location}")
+    runs = one_scenario(runs, task, scenario)
     values = store.get_metrics(run["id"] for run in runs)
     directions = store.get_directions(run["id"] for run in runs)
     first = runs[0]

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.frontier import MethodPoints, TaskPoints, collect, pareto_front
+from forgetbench.scenario import Scenario
 from forgetbench.store import Store
 
 FORMATS = (".png", ".svg", ".pdf")
@@ -80,12 +81,14 @@ def plot_task(
     title: str | None = None,
     wise_ft_grid: bool = True,
     metrics: tuple[str, str] | None = None,
+    scenario: Scenario | None = None,
 ) -> Path:
-    """Prior/after (x) against new/after (y) for every method of ``task``; writes ``out``.
-    ``wise_ft_grid``: WiSE-FT's grid points count in its frontier (as in ``compare``);
-    ``metrics``: the (prior, new) metrics of the axes (default: the task's main metrics)."""
+    """Prior/after (x) against new/after (y) for every method of ``task`` in one scenario (as
+    in ``compare``); writes ``out``. ``wise_ft_grid``: WiSE-FT's grid points count in its
+    frontier (as in ``compare``); ``metrics``: the (prior, new) metrics of the axes (default:
+    the task's main metrics)."""
     path = _check_out(out)
-    points = collect(store, task, wise_ft_grid, metrics)
+    points = collect(store, task, wise_ft_grid, metrics, scenario)
     figure = Figure(figsize=(7.5, 5.5), layout="constrained")
     ax = figure.add_subplot()
     colors = itertools.cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])

@@ -17,6 +17,7 @@ from rich.table import Table
 from forgetbench.errors import ForgetbenchError, did_you_mean
 from forgetbench.frontier import check_stored, summary
 from forgetbench.registry import Registry, get_registry
+from forgetbench.scenario import scenario_of
 from forgetbench.store import Store, config_labels, latest_runs
 
 # (key, header, decimals): metrics show mean ± spread, compute (decimals 0, or 1 for ratios)
@@ -82,6 +83,7 @@ class Row:
     seeds: list[int] = field(default_factory=list)
     values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     pareto: bool = False
+    scenario: tuple = ()  # the task settings and --prior-model (forgetbench.scenario)
 
     def mean(self, key: str) -> float:
         values = self.values.get(key, [])
@@ -150,6 +152,7 @@ def _new_row(run: dict, directions: dict[str, bool], metrics, label: str) -> Row
         directions.get(f"prior/after/{prior}", True),
         directions.get(f"new/after/{new}", True),
         method_names=tuple(m["name"] for m in run["config"].get("methods", [])),
+        scenario=scenario_of(run),
     )
 
 
@@ -228,13 +231,16 @@ def _nan_low(value: float) -> float:
 
 
 def _mark_pareto(rows: list[Row]) -> None:
-    """A row is Pareto-optimal when no row of its task is at least as good on both prior/after
-    and new/after (means over seeds, in each metric's stored direction) and strictly better on
-    one."""
+    """A row is Pareto-optimal when no row of its task and scenario (task settings and
+    ``--prior-model``: another f0 or other data is another problem) is at least as good on
+    both prior/after and new/after (means over seeds, in each metric's stored direction) and
+    strictly better on one."""
     for row in rows:
         mine = (row.goodness("prior_after"), row.goodness("new_after"))
         row.pareto = not any(
-            other is not row and other.task == row.task and _dominates(other, mine)
+            other is not row
+            and (other.task, other.scenario) == (row.task, row.scenario)
+            and _dominates(other, mine)
             for other in rows
         )
 
@@ -385,7 +391,8 @@ def footnote(
     lines = [f"{header}: {definitions.get(key, 'a diagnostic its method stores')}"
              for key, header, _ in shown]  # fmt: skip
     both = "main metrics" if not metrics else " and ".join(dict.fromkeys(metrics))
-    lines += [spread, f"*: no other config of the task is as good on both {both}"]
+    lines += [spread, f"*: no other config of the task, at the same task settings, is as good"
+              f" on both {both}"]  # fmt: skip
     if hidden:
         names = ", ".join(key for key, _, _ in hidden)
         lines.append(f"not shown for width: {names} (--columns to pick, or a wider terminal)")

@@ -21,19 +21,26 @@ def store_run(
     extra: tuple[Metric, ...] = (),
     config_hash: str | None = None,
     task_version: str = "1",
+    task: str = "toy",
+    task_config: dict | None = None,
+    prior_model: str | None = None,
 ) -> int:
     """A finished run of method stack ``stack`` (config label ``label``) on task ``toy``;
     ``derived`` becomes ``run/derived/<name>`` metrics, ``curves`` its series, ``extra`` is
     stored as well (metrics besides the main ones); ``config_hash`` defaults to one per
-    label."""
+    label; ``task_config`` and ``prior_model`` are its scenario (default: none stored)."""
     run_id = store.start_run(
-        task="toy",
+        task=task,
         task_version=task_version,
         family="text-classification",
         prior_metric="accuracy",
         new_metric="accuracy",
         methods=label,
-        config={"methods": [{"name": name, "config": {}} for name in stack.split("+")]},
+        config={
+            "methods": [{"name": name, "config": {}} for name in stack.split("+")],
+            "task_config": task_config or {},
+            "prior_model": prior_model,
+        },
         config_hash=config_hash or f"hash-{label}",
         seed=seed,
         model="m",

@@ -101,7 +101,7 @@ def test_cli_plot_and_its_errors(toy, tmp_path):
     assert "mixcd" not in text  # only finetune stored a prior loss
     cases = {
         ("--task", "toy", "--metric", "los"): "did you mean 'loss'",
-        ("--run", "1", "--metric", "loss"): "--metric goes with --task",
+        ("--run", "1", "--metric", "loss"): "--metric and --scenario go with --task",
         ("--task", "toy", "--out", str(tmp_path / "x.jpg")): "give a .png or .svg file",
         ("--task", "toy", "--out", str(tmp_path / "no" / "x.png")): "does not exist",
         ("--task", "toy", "--run", "1"): "not both",
