@@ -737,8 +737,16 @@ def new_plugin(
 
     if kind not in ("method", "task"):
         raise ForgetbenchError(f"new-plugin makes a method or a task, got {kind!r}")
-    if (kind == "task") != (family is not None):
+    if kind == "method" and family is not None:
         raise ForgetbenchError("--family goes with new-plugin task (and only there)")
+    if kind == "task" and family is None:
+        from forgetbench.registry import get_registry
+
+        families = sorted({e.cls.metadata.family for e in get_registry().tasks.values()})
+        raise ForgetbenchError(
+            f"new-plugin task needs --family, the family the task extends: one of"
+            f" {', '.join(families)} (a new family: docs/tasks.md, 'Adding a family')"
+        )
     target = Path(directory or f"forgetbench-{name}")
     written = new_method(name, target) if kind == "method" else new_task(name, family, target)
     out.print(

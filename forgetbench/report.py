@@ -474,7 +474,10 @@ def comparison_tables(result) -> list:
     words = {"a": "A dominates", "b": "B dominates", "equal": "equal", "neither": "cross"}
     reference = f"prior {result.reference[0]:.4g}, new {result.reference[1]:.4g}"
     scores = Table(
-        title=escape(f"{points.task}: {a} vs {b} (frontier score: hypervolume above {reference})"),
+        title=escape(
+            f"{points.task}: {a} vs {b} (frontier score: the area it dominates, bounded by"
+            f" the reference point {reference})"
+        ),
         box=box.SIMPLE_HEAD,
     )
     for header in ("method", "configs", "score", f"{result.level:.0%} bootstrap CI"):

@@ -313,9 +313,17 @@ class MixCD(Method):
             keep &= predictions.confidence >= config.conf_threshold
         pool = np.flatnonzero(keep)
         if len(pool) == 0:
+            right = int(predictions.success.sum())
             raise ForgetbenchError(
-                "mixcd: the candidate pool is empty (no prior sample is"
-                " right with the required confidence)"
+                f"mixcd: the candidate pool is empty: f0 gets {right} of"
+                f" {len(data.prior_train)} prior-train samples right (the task's `success`)"
+                + (
+                    f", none with confidence >= {config.conf_threshold} (lower"
+                    " mixcd.conf_threshold, or none)"
+                    if right and config.conf_threshold is not None
+                    else ": mix-cd rehearses only samples f0 knows; check f0 (stage 0) and"
+                    " what the task counts as success"
+                )
             )
         task_schemes = ctx.task.partitions(data)
         self.schemes = config.partitions or (*list(task_schemes)[:1], "confidence")

@@ -198,6 +198,17 @@ def test_quantile_bins_are_balanced():
     assert counts.tolist() == [250, 250, 250, 250]
 
 
+def test_an_empty_pool_says_why_and_what_to_change():
+    predictions, schemes = planted(6, size=50)
+    ctx, data = fake_context(predictions, schemes)
+    strict = MixCD(MixCDConfig(conf_threshold=1.0))
+    with pytest.raises(ForgetbenchError, match=r"none with confidence >= 1.0 \(lower mixcd"):
+        strict.forgetbench_prior_sampler(ctx=ctx, data=data)
+    predictions.success[:] = False
+    with pytest.raises(ForgetbenchError, match=r"f0 gets 0 of 50 .*check f0 \(stage 0\)"):
+        MixCD(MixCDConfig()).forgetbench_prior_sampler(ctx=ctx, data=data)
+
+
 def test_a_partition_the_task_lacks_is_an_error_with_a_suggestion():
     predictions, schemes = planted(5, size=50)
     method = MixCD(MixCDConfig(partitions=("lable",)))

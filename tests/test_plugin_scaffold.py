@@ -78,7 +78,9 @@ def test_a_task_skeleton_extends_the_offline_task_of_its_family(tmp_path):
     [
         (["new-plugin", "method", "My_Method"], "lowercase letters, digits and single dashes"),
         (["new-plugin", "widget", "x"], "a method or a task, got 'widget'"),
-        (["new-plugin", "task", "x"], "--family goes with new-plugin task"),
+        (["new-plugin", "task", "x"], "needs --family, the family the task extends: one of"),
+        (["new-plugin", "task", "x"], "text-classification"),
+        (["new-plugin", "method", "x", "--family", "qa"], "--family goes with new-plugin task"),
         (["new-plugin", "task", "x", "--family", "txt-class"], "did you mean"),
     ],
 )
