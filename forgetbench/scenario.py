@@ -43,17 +43,25 @@ def default_scenario(task: str) -> Scenario | None:
     return json.dumps(config_dict(cls.Config() if cls.Config else None), sort_keys=True), None
 
 
-def describe(task: str, scenario: Scenario) -> str:
-    """``task.stage0_steps=150,prior_model=DIR``: what differs from the task's defaults;
-    ``defaults`` for none. For a task that is not installed, its settings in full."""
+def describe(task: str, scenario: Scenario, among: Sequence[Scenario] = ()) -> str:
+    """``task.stage0_steps=150,prior_model=DIR``: the settings that differ from the task's
+    defaults (``defaults`` for none). For a task that is not installed: the settings that
+    differ between the scenarios ``among`` (``as stored`` for none)."""
     config, prior = json.loads(scenario[0]), scenario[1]
     cls = _task_class(task)
-    default = config_dict(cls.Config() if cls and cls.Config else None) if cls else {}
-    parts = [
-        f"task.{k}={v}" for k, v in sorted(config.items()) if k not in default or default[k] != v
-    ]
+    if cls is not None:
+        default = config_dict(cls.Config() if cls.Config else None)
+        shown = {k for k, v in config.items() if k not in default or default[k] != v}
+    else:
+        others = [json.loads(other[0]) for other in among]
+        shown = {k for k, v in config.items() if any(o.get(k) != v for o in others)}
+    parts = [f"task.{k}={config[k]}" for k in sorted(shown)]
     parts += [f"prior_model={prior}"] if prior else []
-    return ",".join(parts) or "defaults"
+    return ",".join(parts) or ("defaults" if cls is not None else "as stored")
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" + ("" if count == 1 else "s")
 
 
 def parse_scenario(task: str, items: Sequence[str]) -> Scenario:
@@ -92,7 +100,9 @@ def one_scenario(runs: list[dict], task: str, wanted: Scenario | None = None) ->
     for run in runs:
         groups.setdefault(scenario_of(run), []).append(run)
     if wanted is not None and wanted not in groups:
-        stored = "; ".join(f"{describe(task, s)} ({len(r)} runs)" for s, r in groups.items())
+        stored = "; ".join(
+            f"{describe(task, s, list(groups))} ({_runs(len(r))})" for s, r in groups.items()
+        )
         raise ForgetbenchError(
             f"no finished runs of task {task!r} in scenario {describe(task, wanted)}"
             f" (stored: {stored})"
@@ -103,11 +113,15 @@ def one_scenario(runs: list[dict], task: str, wanted: Scenario | None = None) ->
         latest = max(runs, key=lambda run: run["id"])
         chosen = default if default in groups else scenario_of(latest)
     if len(groups) > 1:
-        others = [f"{describe(task, s)} ({len(r)} runs)" for s, r in groups.items() if s != chosen]
+        others = [
+            f"{describe(task, s, list(groups))} ({_runs(len(r))})"
+            for s, r in groups.items()
+            if s != chosen
+        ]
         log.warning(
             "task %s: comparing the runs of scenario %s; left out: %s (pick one with --scenario)",
             task,
-            describe(task, chosen),
+            describe(task, chosen, list(groups)),
             "; ".join(others),
         )
     return groups[chosen]
