@@ -700,13 +700,15 @@ def tap_layers(num_layers: int, taps: int = 4) -> list[int]:
 _STACK_NAMES = ("layer", "layers", "block", "blocks", "resblocks", "h")
 
 
-def module_stack(module: torch.nn.Module) -> list[torch.nn.Module]:
+def module_stack(module: torch.nn.Module, strict: bool = False) -> list[torch.nn.Module]:
     """The blocks of every layer list in ``module``, in registration order: each
     ``ModuleList`` or ``Sequential`` named ``layer``, ``layers``, ``block``, ``blocks``,
     ``resblocks`` or ``h`` (BERT's ``encoder.layer``, DistilBERT's ``transformer.layer``, Marian's
     ``encoder.layers`` then ``decoder.layers``, T5's ``block``, GPT-2's ``h``, open_clip's
     ``transformer.resblocks``, timm's ``blocks``), lists nested inside a found block left
-    out. Pass the part a task fine-tunes, e.g. CLIP's image tower only."""
+    out. Pass the part a task fine-tunes, e.g. CLIP's image tower only. ``strict``: none
+    found is a ForgetbenchError naming ``module``'s class (an architecture whose blocks have
+    other names, e.g. open_clip's ModifiedResNet, ALBERT), not an empty list."""
     stack: list[torch.nn.Module] = []
     found: list[str] = []
     for name, child in module.named_modules():
@@ -717,6 +719,11 @@ def module_stack(module: torch.nn.Module) -> list[torch.nn.Module]:
         ):
             found.append(name)
             stack.extend(child)
+    if strict and not stack:
+        raise ForgetbenchError(
+            f"no layer stack known for {type(module).__name__}: none of its layer lists is"
+            f" named {', '.join(_STACK_NAMES)}"
+        )
     return stack
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from forgetbench.errors import ForgetbenchError, did_you_mean
-from forgetbench.scenario import Scenario, one_scenario
+from forgetbench.scenario import Scenario, describe, one_scenario, scenario_of
 from forgetbench.store import Store, config_labels, latest_runs
 
 Point = tuple[float, float]
@@ -147,13 +147,21 @@ class TaskPoints:
     # what they were read from: the latest ok runs and their metrics (``budget`` reads more)
     runs: list[dict] = field(default_factory=list, repr=False)
     values: dict[int, dict[str, float]] = field(default_factory=dict, repr=False)
+    scenario: str = "defaults"  # which (forgetbench.scenario.describe)
+    left_out: int = 0  # runs of the task's other scenarios
 
     def method(self, name: str) -> MethodPoints:
         if name not in self.methods:
             raise ForgetbenchError(
                 f"no finished runs of method {name!r} on task {self.task!r}"
+                + (f" in scenario {self.scenario}" if self.left_out else "")
                 + did_you_mean(name, self.methods)
-                + f" (stored: {', '.join(sorted(self.methods)) or 'none'})"
+                + f" (stored: {', '.join(sorted(self.methods)) or 'none'}"
+                + (
+                    f"; other scenarios: {self.left_out} more runs, --scenario)"
+                    if self.left_out
+                    else ")"
+                )
             )
         return self.methods[name]
 
@@ -202,7 +210,8 @@ def collect(
     runs = latest_runs(store, task)
     if not runs:
         raise ForgetbenchError(f"no finished runs of task {task!r} in {store.location}")
-    runs = one_scenario(runs, task, scenario)
+    everything, runs = runs, one_scenario(runs, task, scenario)
+    scenarios = list({scenario_of(run): None for run in everything})
     values = store.get_metrics(run["id"] for run in runs)
     directions = store.get_directions(run["id"] for run in runs)
     first = runs[0]
@@ -211,6 +220,8 @@ def collect(
     keys = (f"prior/after/{prior}", f"new/after/{new}")
     higher = _directions(task, runs, values, directions, keys)
     points = TaskPoints(task, prior, new, higher, runs=runs, values=values)
+    points.scenario = describe(task, scenario_of(runs[0]), scenarios)
+    points.left_out = len(everything) - len(runs)
     labels = config_labels(runs)  # a config is its hash, shown by its label
     for run in runs:
         metric = values[run["id"]]

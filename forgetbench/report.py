@@ -391,8 +391,8 @@ def footnote(
     lines = [f"{header}: {definitions.get(key, 'a diagnostic its method stores')}"
              for key, header, _ in shown]  # fmt: skip
     both = "main metrics" if not metrics else " and ".join(dict.fromkeys(metrics))
-    lines += [spread, f"*: no other config of the task, at the same task settings, is as good"
-              f" on both {both}"]  # fmt: skip
+    lines += [spread, f"*: no other config of the task, in the same scenario (task settings,"
+              f" --prior-model), is as good on both {both}"]  # fmt: skip
     if hidden:
         names = ", ".join(key for key, _, _ in hidden)
         lines.append(f"not shown for width: {names} (--columns to pick, or a wider terminal)")

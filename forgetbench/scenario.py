@@ -22,10 +22,24 @@ log = logging.getLogger("forgetbench")
 Scenario = tuple[str, str | None]
 
 
+def _canonical(value):
+    """A stored setting in one spelling: a whole float as an int (a float field whose default
+    is written ``1`` stores 1, ``--set`` gives 1.0), lists element-wise."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list | tuple):
+        return [_canonical(item) for item in value]
+    return value
+
+
+def _key(config: dict | None) -> str:
+    return json.dumps({k: _canonical(v) for k, v in (config or {}).items()}, sort_keys=True)
+
+
 def scenario_of(run: dict) -> Scenario:
     """The scenario of a stored run (from its config)."""
     config = run["config"]
-    return json.dumps(config.get("task_config") or {}, sort_keys=True), config.get("prior_model")
+    return _key(config.get("task_config")), config.get("prior_model")
 
 
 def _task_class(task: str) -> type | None:
@@ -35,29 +49,50 @@ def _task_class(task: str) -> type | None:
     return entry.cls if entry is not None else None
 
 
-def default_scenario(task: str) -> Scenario | None:
-    """The task's default settings without ``--prior-model``; None when it is not installed."""
+def _defaults(task: str) -> dict | None:
+    """The task's default config as stored; None when the task is not installed or its config
+    has no defaults (a required setting, such as a data folder)."""
     cls = _task_class(task)
     if cls is None:
         return None
-    return json.dumps(config_dict(cls.Config() if cls.Config else None), sort_keys=True), None
+    if cls.Config is None:
+        return {}
+    try:
+        return json.loads(_key(config_dict(build_config(cls.Config, {}, "task"))))
+    except ForgetbenchError:
+        return None
+
+
+def default_scenario(task: str) -> Scenario | None:
+    """The task's default settings without ``--prior-model``; None without defaults."""
+    defaults = _defaults(task)
+    return (_key(defaults), None) if defaults is not None else None
+
+
+def _text(value) -> str:
+    """A setting as ``--scenario`` takes it back: list items joined with commas."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def describe(task: str, scenario: Scenario, among: Sequence[Scenario] = ()) -> str:
-    """``task.stage0_steps=150,prior_model=DIR``: the settings that differ from the task's
-    defaults (``defaults`` for none). For a task that is not installed: the settings that
-    differ between the scenarios ``among`` (``as stored`` for none)."""
+    """``task.stage0_steps=150 prior_model=DIR``: the settings that differ from the task's
+    defaults (``defaults`` for none), each as ``--scenario`` takes it. A setting of the defaults
+    the runs did not store (an older config) is ``task.KEY=<unset>``. For a task without
+    defaults (not installed, or a required setting): the settings that differ between the
+    scenarios ``among`` (``as stored`` for none)."""
     config, prior = json.loads(scenario[0]), scenario[1]
-    cls = _task_class(task)
-    if cls is not None:
-        default = config_dict(cls.Config() if cls.Config else None)
+    default = _defaults(task)
+    if default is not None:
         shown = {k for k, v in config.items() if k not in default or default[k] != v}
+        unset = sorted(set(default) - set(config))
     else:
         others = [json.loads(other[0]) for other in among]
         shown = {k for k, v in config.items() if any(o.get(k) != v for o in others)}
-    parts = [f"task.{k}={config[k]}" for k in sorted(shown)]
+        unset = []
+    parts = [f"task.{k}={_text(config[k])}" for k in sorted(shown)]
+    parts += [f"task.{k}=<unset>" for k in unset]
     parts += [f"prior_model={prior}"] if prior else []
-    return ",".join(parts) or ("defaults" if cls is not None else "as stored")
+    return " ".join(parts) or ("defaults" if default is not None else "as stored")
 
 
 def _runs(count: int) -> str:
@@ -89,7 +124,7 @@ def parse_scenario(task: str, items: Sequence[str]) -> Scenario:
     if overrides and cls.Config is None:
         raise ForgetbenchError(f"--scenario: task {task!r} has no settings")
     config = build_config(cls.Config, overrides, "task") if cls.Config else None
-    return json.dumps(config_dict(config), sort_keys=True), prior
+    return _key(config_dict(config)), prior
 
 
 def one_scenario(runs: list[dict], task: str, wanted: Scenario | None = None) -> list[dict]:
@@ -119,9 +154,10 @@ def one_scenario(runs: list[dict], task: str, wanted: Scenario | None = None) ->
             if s != chosen
         ]
         log.warning(
-            "task %s: comparing the runs of scenario %s; left out: %s (pick one with --scenario)",
+            "task %s: comparing the runs of scenario %s; left out: %s%s",
             task,
             describe(task, chosen, list(groups)),
             "; ".join(others),
+            " (--scenario KEY=VALUE, once per setting, picks one)" if wanted is None else "",
         )
     return groups[chosen]

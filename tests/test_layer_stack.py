@@ -84,6 +84,8 @@ def test_module_stack_finds_blocks_in_order_and_skips_nested_lists():
     model = EncoderDecoder()
     assert module_stack(model) == [*model.encoder.layers, *model.decoder.block]
     assert module_stack(nn.Linear(2, 2)) == []
+    with pytest.raises(ForgetbenchError, match="no layer stack known for Linear"):
+        module_stack(nn.Linear(2, 2), strict=True)
     encoder = tiny_encoder(layers=3)
     assert module_stack(encoder) == list(encoder.encoder.layer)
 

@@ -89,10 +89,65 @@ def test_cli_scenario_option_picks_the_runs(db, tmp_path):
     small = runner.invoke(app, [*base, "--scenario", "task.prior_eval_size=50"])
     assert default.exit_code == 0, default.output
     assert small.exit_code == 0, small.output
-    assert default.output != small.output  # another f0 gives another reference point
+    # the reference point: each scenario's nadir (its f0 included) pushed out by 10%
+    assert "reference point prior 0.47, new 0.04" in " ".join(default.output.split())
+    assert "reference point prior 0.38, new 0.15" in " ".join(small.output.split())
     out = tmp_path / "small.svg"
     args = ["plot", "-t", "tiny", "--db", db, "-o", str(out), "--scenario", "prior_model=x"]
     missing = runner.invoke(app, args)
     assert missing.exit_code != 0
     assert "stored: defaults (4 runs); task.prior_eval_size=50 (4 runs)" in str(missing.exception)
     assert not out.exists()
+
+
+def test_one_value_in_two_spellings_is_one_scenario(db, caplog):
+    store = Store(db)
+    store_run(store, "finetune", "finetune", 0, 0.5, 0.7, task_config={"rate": 1, "ids": [1]})
+    store_run(store, "mixcd", "mixcd", 0, 0.6, 0.7, task_config={"rate": 1.0, "ids": [1.0]})
+    with caplog.at_level(logging.WARNING, logger="forgetbench"):
+        points = collect(store, "toy")
+    assert set(points.methods) == {"finetune", "mixcd"}
+    assert "left out" not in caplog.text
+
+
+@pytest.mark.usefixtures("fixtures_plugin")
+def test_descriptions_are_what_scenario_takes_and_name_unset_settings():
+    listed = (json.dumps({**DEFAULTS, "prior_classes": 5, "hidden": 16}, sort_keys=True), "f0")
+    assert describe("tiny", listed) == "task.hidden=16 task.prior_classes=5 prior_model=f0"
+    assert parse_scenario("tiny", describe("tiny", listed).split()) == listed
+    older = {k: v for k, v in DEFAULTS.items() if k != "hidden"}  # stored before `hidden`
+    assert describe("tiny", (json.dumps(older), None)) == "task.hidden=<unset>"
+
+
+@pytest.mark.usefixtures("fixtures_plugin")
+def test_a_method_missing_from_the_chosen_scenario_says_so(db):
+    store = Store(db)
+    store_run(store, "finetune", "finetune", 0, 0.5, 0.7, task="tiny", task_config=DEFAULTS)
+    store_run(store, "mixcd", "mixcd", 0, 0.6, 0.7, task="tiny", task_config=SMALL_EVAL)
+    points = collect(store, "tiny")
+    with pytest.raises(
+        ForgetbenchError, match=r"in scenario defaults .*other scenarios: 1 more runs, --scenario"
+    ):
+        points.method("mixcd")
+
+
+def test_a_task_whose_config_has_a_required_setting_has_no_default_scenario(db, monkeypatch):
+    import dataclasses
+
+    import forgetbench.registry
+    from forgetbench.testing import TinyTextTask, registry_with
+
+    @dataclasses.dataclass
+    class NeedsFolder:
+        data_dir: str
+
+    class FolderTask(TinyTextTask):
+        metadata = dataclasses.replace(TinyTextTask.metadata, name="toy")
+        Config = NeedsFolder
+
+    monkeypatch.setattr(forgetbench.registry, "_cached", registry_with(tasks=(FolderTask,)))
+    store = Store(db)
+    two_scenarios(store, "toy", {"data_dir": "a"}, {"data_dir": "b"})
+    points = collect(store, "toy")  # the latest run's scenario, described by what differs
+    assert set(points.f0.values()) == {(0.6, 0.2)}
+    assert points.scenario == "task.data_dir=b"

@@ -246,7 +246,7 @@ class ZeroShotImageTask(Task):
         linears (ViT), by full module name; None for other towers."""
         return lora_targets(model.clip.visual)
 
-    def layer_stack(self, model: nn.Module) -> list[nn.Module] | None:
+    def layer_stack(self, model: nn.Module) -> list[nn.Module]:
         """The image tower's blocks (ViT residual blocks, or an EfficientNet's stages), bottom
         first; the text tower, which only made the zero-shot heads, is not in it."""
-        return module_stack(model.clip.visual) or None
+        return module_stack(model.clip.visual, strict=True)

@@ -510,9 +510,9 @@ class SpanQATask(Task):
                 return targets
         return None
 
-    def layer_stack(self, model: torch.nn.Module) -> list[torch.nn.Module] | None:
+    def layer_stack(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         """The encoder's transformer layers, bottom first (the span head is not one)."""
-        return module_stack(model) or None
+        return module_stack(model, strict=True)
 
 
 def context_masks(windows: Windows, rows: Sequence[int], length: int) -> torch.Tensor:

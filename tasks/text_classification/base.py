@@ -266,9 +266,9 @@ class ClassificationTask(Task):
         # BERT-family attention projections (LoRA paper: W_q and W_v).
         return ["query", "value"]
 
-    def layer_stack(self, model: nn.Module) -> list[nn.Module] | None:
+    def layer_stack(self, model: nn.Module) -> list[nn.Module]:
         """The encoder's transformer layers (BERT's ``encoder.layer``), bottom first."""
-        return module_stack(model.encoder) or None
+        return module_stack(model.encoder, strict=True)
 
     def reference_losses(self, ctx: RunContext, model: nn.Module, split: Split) -> torch.Tensor:
         """Per-example loss of a linear probe fitted on f0's pooled features of ``split``."""

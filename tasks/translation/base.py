@@ -324,9 +324,9 @@ class Seq2SeqTask(Task):
         names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         return ["q_proj", "v_proj"] if {"q_proj", "v_proj"} <= names else None
 
-    def layer_stack(self, model: torch.nn.Module) -> list[torch.nn.Module] | None:
+    def layer_stack(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         """The encoder's layers, then the decoder's (Marian, M2M100, BART, T5), bottom first."""
-        return module_stack(model) or None
+        return module_stack(model, strict=True)
 
 
 def group_by(examples: Sequence[dict], key: str) -> dict[str, list[int]]:
