@@ -17,7 +17,7 @@ from rich.table import Table
 from forgetbench.errors import ForgetbenchError, did_you_mean
 from forgetbench.frontier import check_stored, summary
 from forgetbench.registry import Registry, get_registry
-from forgetbench.scenario import scenario_of
+from forgetbench.scenario import default_scenario, describe, scenario_of
 from forgetbench.store import Store, config_labels, latest_runs
 
 # (key, header, decimals): metrics show mean ± spread, compute (decimals 0, or 1 for ratios)
@@ -326,18 +326,22 @@ def pick_columns(available: list[tuple], wanted: str | None) -> list[tuple]:
     return chosen
 
 
-def _title(row: Row, ci: bool) -> str:
+def _title(row: Row, ci: bool, scenario: str = "") -> str:
     prior = row.prior_metric + ("" if row.prior_higher_is_better else " (lower better)")
     new = row.new_metric + ("" if row.new_higher_is_better else " (lower better)")
     metric = prior if prior == new else f"prior {prior}, new {new}"
     spread = "95% CI" if ci else "std"
-    return f"{row.task}: {metric}, mean±{spread} over seeds, * Pareto-optimal"
+    where = f" [{scenario}]" if scenario else ""
+    return f"{row.task}{where}: {metric}, mean±{spread} over seeds, * Pareto-optimal"
 
 
-def _table(rows: list[Row], shown: list[tuple], ci: bool, label_width: int | None = None) -> Table:
-    """The table of one task's rows; ``label_width`` cuts the labels (to measure a table whose
-    labels fold)."""
-    table = Table(title=escape(_title(rows[0], ci)), box=box.SIMPLE_HEAD, pad_edge=False)
+def _table(
+    rows: list[Row], shown: list[tuple], ci: bool, label_width: int | None = None, scenario=""
+) -> Table:
+    """The table of one task's rows (of one ``scenario``, named in the title where the task has
+    several); ``label_width`` cuts the labels (to measure a table whose labels fold)."""
+    title = _title(rows[0], ci, scenario)
+    table = Table(title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False)
     longest = max(len(row.methods) + 2 for row in rows)
     table.add_column("methods", overflow="fold", min_width=min(longest, LABEL_MIN_WIDTH))
     table.add_column("n", justify="right", no_wrap=True)
@@ -419,21 +423,38 @@ def render(
     chosen: bool = False,
     metrics: tuple[str, str] | None = None,
 ) -> tuple[list[Table], list[str]]:
-    """One table per task fitting ``width`` (all ``available`` columns when ``chosen``), and
-    the footnote lines (of ``metrics`` where ``--metric`` chose them)."""
-    tasks: dict[str, list[Row]] = defaultdict(list)
-    for row in rows:
-        tasks[row.task].append(row)
+    """One table per task and scenario (the task's defaults first) fitting ``width`` (all
+    ``available`` columns when ``chosen``), and the footnote lines (of ``metrics`` where
+    ``--metric`` chose them)."""
     tables, shown_keys = [], {}
-    for task_rows in tasks.values():
+    for task_rows, scenario in _by_scenario(rows):
         shown = available if chosen else fit_columns(task_rows, available, width, ci)
         shown_keys.update({column[0]: column for column in shown})
-        table = _table(task_rows, shown, ci)
+        table = _table(task_rows, shown, ci, scenario=scenario)
         table.min_width = needed_width(task_rows, shown, ci)  # never crop a chosen column
         tables.append(table)
     present = {c[0] for c in available if any(row.values.get(c[0]) for row in rows)}
     hidden = [c for c in available if c[0] in present and c[0] not in shown_keys]
     return tables, footnote(list(shown_keys.values()), hidden, ci, metrics)
+
+
+def _by_scenario(rows: list[Row]) -> list[tuple[list[Row], str]]:
+    """The rows of each (task, scenario), the task's defaults first, each with its description
+    where its task has several scenarios (else "")."""
+    groups: dict[tuple, list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[row.task, row.scenario].append(row)
+    scenarios = defaultdict(list)
+    for task, scenario in groups:
+        scenarios[task].append(scenario)
+    order = sorted(groups, key=lambda key: (key[0], key[1] != default_scenario(key[0])))
+    return [
+        (
+            groups[key],
+            describe(key[0], key[1], scenarios[key[0]]) if len(scenarios[key[0]]) > 1 else "",
+        )
+        for key in order
+    ]
 
 
 def markdown(rows: list[Row], shown: list[tuple], ci: bool = False) -> str:

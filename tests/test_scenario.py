@@ -151,3 +151,17 @@ def test_a_task_whose_config_has_a_required_setting_has_no_default_scenario(db, 
     points = collect(store, "toy")  # the latest run's scenario, described by what differs
     assert set(points.f0.values()) == {(0.6, 0.2)}
     assert points.scenario == "task.data_dir=b"
+
+
+@pytest.mark.usefixtures("fixtures_plugin")
+def test_the_leaderboard_has_a_table_per_scenario_defaults_first(db, tmp_path):
+    two_scenarios(Store(db), "tiny", SMALL_EVAL, DEFAULTS)  # the defaults stored last
+    result = CliRunner().invoke(app, ["leaderboard", "--task", "tiny", "--db", db])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert text.index("tiny [defaults]:") < text.index("tiny [task.prior_eval_size=50]:")
+    one = str(tmp_path / "one.db")
+    store_run(Store(one), "finetune", "finetune", 0, 0.5, 0.7, task="tiny", task_config=DEFAULTS)
+    single = CliRunner().invoke(app, ["leaderboard", "--task", "tiny", "--db", one])
+    assert "tiny: accuracy" in single.output  # one scenario: the title as it always was
+    assert "[defaults]" not in single.output
