@@ -17,7 +17,7 @@ import torch
 
 from forgetbench.api import EvalResult, Split, TaskData, TaskMetadata
 from forgetbench.cache import cached_dir, hash_json
-from forgetbench.context import RunContext
+from forgetbench.context import RunContext, make_batch, to_device
 from forgetbench.errors import ForgetbenchError
 from forgetbench.fingerprint import evaluation_settings, task_identity
 from forgetbench.store import Metric
@@ -256,3 +256,47 @@ def derived_metrics(
     damage = collateral_damage_rate(before["prior"].success, after["prior"].success)
     rows.append(Metric("prior", "derived", "cd_rate", damage, higher_is_better=False))
     return rows
+
+
+def probe_feature_taps(
+    ctx: RunContext, model: torch.nn.Module, data: TaskData, methods: list[str]
+) -> None:
+    """Check what ``methods`` (those that train on feature taps, LDIFS) will read, before
+    anything is evaluated: ``forward(..., with_features=True)`` on two prior-train examples
+    must give ``features`` as a non-empty list of ``[2, D]`` tensors. One pass in eval mode
+    under inference mode, not counted; the random state and every module's mode are restored,
+    so the run's numbers are those it gives without the check."""
+    examples = data.prior_train.examples[:2]
+    rows = range(len(examples))
+    batch = make_batch(ctx.task, ctx.bundle, examples, rows, [True] * len(examples))
+    modes = [(module, module.training) for module in model.modules()]
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [ctx.device] if torch.device(ctx.device).type == "cuda" else []
+    try:
+        model.eval()
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(), ctx.autocast():
+            inputs = to_device(batch, ctx.device).inputs
+            features = ctx.task.forward(model, inputs, with_features=True).features
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        for module, training in modes:
+            module.training = training
+    if not _taps_fit(features, len(examples)):
+        shapes = [tuple(getattr(f, "shape", ())) for f in features or []]
+        raise ForgetbenchError(
+            f"task {ctx.task.metadata.name!r}: forward(inputs, with_features=True) must give"
+            f" PerSample.features as a list of [B, D] tensors, one per tap, which"
+            f" {', '.join(methods)} train(s) on; for {len(examples)} examples it gave"
+            f" {shapes if features else features!r}"
+        )
+
+
+def _taps_fit(features, size: int) -> bool:
+    return (
+        isinstance(features, list | tuple)
+        and len(features) > 0
+        and all(
+            isinstance(f, torch.Tensor) and f.dim() == 2 and f.shape[0] == size for f in features
+        )
+    )

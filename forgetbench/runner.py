@@ -31,7 +31,13 @@ from forgetbench.config import (
 )
 from forgetbench.context import RunContext
 from forgetbench.errors import ForgetbenchError, Interrupted
-from forgetbench.evaluation import derived_metrics, evaluate_before, evaluate_splits, flat
+from forgetbench.evaluation import (
+    derived_metrics,
+    evaluate_before,
+    evaluate_splits,
+    flat,
+    probe_feature_taps,
+)
 from forgetbench.prior import prepare_prior
 from forgetbench.progress import phase
 from forgetbench.provenance import git_sha, package_versions
@@ -584,6 +590,9 @@ class Run:
         ctx.attach(bundle, new_names, data.prior_train)
         for method in self.methods:  # before minutes of evaluation go to a run it refuses
             method.check_model(self.task, model)
+        tapped = [method.name for method in self.methods if method.needs_features]
+        if tapped:
+            probe_feature_taps(ctx, model, data, tapped)
         return model
 
     def evaluate_before(self, ctx: RunContext, model: torch.nn.Module, data: TaskData) -> dict:
