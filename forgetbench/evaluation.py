@@ -5,11 +5,13 @@ by f0's state (:func:`evaluate_before`)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,20 @@ def _prior_before(
     return EvalResult(document["metrics"], success, score), "hit"
 
 
+@contextlib.contextmanager
+def random_state_kept(ctx: RunContext) -> Iterator[None]:
+    """Python's, numpy's and torch's random state (the run device's too) as they were before,
+    whatever the block draws."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [ctx.device] if torch.device(ctx.device).type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def _isolated(
     ctx: RunContext, model: torch.nn.Module, split: Split
 ) -> tuple[EvalResult, dict[str, int]]:
@@ -115,14 +131,8 @@ def _isolated(
     booleans), with the compute it counted; Python's, numpy's and torch's random state are
     restored afterwards (a hit, which runs nothing, must leave them the same)."""
     counted = dataclasses.asdict(ctx.compute)
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    devices = [ctx.device] if torch.device(ctx.device).type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            result = evaluate_split(ctx, model, split)
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
+    with random_state_kept(ctx):
+        result = evaluate_split(ctx, model, split)
     spent = {
         name: value - counted[name]
         for name, value in dataclasses.asdict(ctx.compute).items()
@@ -270,16 +280,12 @@ def probe_feature_taps(
     rows = range(len(examples))
     batch = make_batch(ctx.task, ctx.bundle, examples, rows, [True] * len(examples))
     modes = [(module, module.training) for module in model.modules()]
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    devices = [ctx.device] if torch.device(ctx.device).type == "cuda" else []
     try:
         model.eval()
-        with torch.random.fork_rng(devices=devices), torch.inference_mode(), ctx.autocast():
+        with random_state_kept(ctx), torch.inference_mode(), ctx.autocast():
             inputs = to_device(batch, ctx.device).inputs
             features = ctx.task.forward(model, inputs, with_features=True).features
     finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
         for module, training in modes:
             module.training = training
     if not _taps_fit(features, len(examples)):
