@@ -59,6 +59,7 @@ __all__ = [
     "check",
     "check_prior_slots",
     "did_you_mean",
+    "fit_probe",
     "hash_dir",
     "hash_file",
     "hash_json",
@@ -683,6 +684,46 @@ def pad_logits(size: int, parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) ->
         filler = logits.new_full((logits.shape[0], width - logits.shape[1]), float("-inf"))
         padded = padded.index_copy(0, rows, torch.cat([logits, filler], dim=1))
     return padded
+
+
+def fit_probe(
+    features: torch.Tensor, labels: torch.Tensor, classes: int, steps: int, l2: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fit a linear probe (multinomial logistic regression) on frozen features; returns its
+    per-sample training loss [N], its weight [D, C] and bias [C]: what a family with a fresh
+    new-task head returns from :meth:`Task.reference_losses` (FLOW's reference losses) and
+    :meth:`Task.reference_head` (the fresh head set to the probe: LP-FT, FLOW's
+    ``probe_init``), fitted on f0's features of the fresh head's inputs.
+
+    Zero initialisation and full-batch L-BFGS, so it is deterministic (no seed).
+
+    Args:
+        features: [N, D] float features.
+        labels: [N] int64 class indices.
+        classes: number of classes.
+        steps: L-BFGS iterations (full batch).
+        l2: penalty ``l2/2 * ||W||^2`` on the weights (not the bias).
+    """
+    features = features.float()
+    weight = torch.zeros(features.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9
+    )
+
+    cross_entropy = torch.nn.functional.cross_entropy
+
+    def closure():
+        optimizer.zero_grad()
+        loss = cross_entropy(features @ weight + bias, labels) + l2 / 2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        losses = cross_entropy(features @ weight + bias, labels, reduction="none")
+    return losses, weight.detach(), bias.detach()
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -721,8 +721,8 @@ def plot(
 
 @app.command("new-plugin")
 def new_plugin(
-    kind: Annotated[str, typer.Argument(help="method or task")],
-    name: Annotated[str, typer.Argument(help="the method's or task's name, e.g. my-method")],
+    kind: Annotated[str, typer.Argument(help="method, task or family")],
+    name: Annotated[str, typer.Argument(help="its name, e.g. my-method")],
     family: Annotated[
         str | None, typer.Option(help="task family to build on (forgetbench list)")
     ] = None,
@@ -734,10 +734,11 @@ def new_plugin(
     from pathlib import Path
 
     from forgetbench.scaffold import new_method, new_task
+    from forgetbench.scaffold_family import new_family
 
-    if kind not in ("method", "task"):
-        raise ForgetbenchError(f"new-plugin makes a method or a task, got {kind!r}")
-    if kind == "method" and family is not None:
+    if kind not in ("method", "task", "family"):
+        raise ForgetbenchError(f"new-plugin makes a method, a task or a family, got {kind!r}")
+    if kind != "task" and family is not None:
         raise ForgetbenchError("--family goes with new-plugin task (and only there)")
     if kind == "task" and family is None:
         from forgetbench.registry import get_registry
@@ -745,10 +746,15 @@ def new_plugin(
         families = sorted({e.cls.metadata.family for e in get_registry().tasks.values()})
         raise ForgetbenchError(
             f"new-plugin task needs --family, the family the task extends: one of"
-            f" {', '.join(families)} (a new family: docs/tasks.md, 'Adding a family')"
+            f" {', '.join(families)} (a new family: forgetbench new-plugin family NAME)"
         )
     target = Path(directory or f"forgetbench-{name}")
-    written = new_method(name, target) if kind == "method" else new_task(name, family, target)
+    if kind == "method":
+        written = new_method(name, target)
+    elif kind == "task":
+        written = new_task(name, family, target)
+    else:
+        written = new_family(name, target)
     out.print(
         f"wrote {written}: pip install -e {written} && pytest {written}",
         markup=False,

@@ -5,7 +5,8 @@ A method skeleton is a working method (a pull towards the prior model's weights,
 from the hookspecs, so they never drift), a test on the mock task, a pyproject with the entry
 point, and a README. A task skeleton extends the installed task of the family that runs offline
 (its data and prior model) and overrides ``load_data``, the one step a new dataset changes; its
-test runs it end to end at settings derived small from that task's config.
+test runs it end to end at settings derived small from that task's config. A new family:
+``forgetbench.scaffold_family``.
 """
 
 from __future__ import annotations
@@ -49,10 +50,18 @@ def names(name: str) -> Names:
     return Names(name, f"forgetbench_{name.replace('-', '_')}", f"forgetbench-{name}", camel)
 
 
+def method_docstring(text: str) -> str:
+    """``text`` as the body of a method's docstring: its first line follows the indent and
+    the opening quotes, its last is followed by the closing ones, all within ``WIDTH``."""
+    opening = " " * 11  # 8 spaces of indent and three quotes
+    wrapped = textwrap.fill(text, WIDTH - 3, initial_indent=opening, subsequent_indent=" " * 8)
+    return wrapped[len(opening) :]
+
+
 def hook_doc(hook: str) -> str:
     """The first paragraph of a hookspec's docstring, wrapped for a method body."""
     paragraph = " ".join(inspect.getdoc(getattr(hookspecs, hook)).split("\n\n")[0].split())
-    return textwrap.fill(paragraph, width=WIDTH - 8, subsequent_indent=" " * 8)
+    return method_docstring(paragraph)
 
 
 def other_hooks() -> str:
@@ -126,7 +135,11 @@ def family_base(family: str, registry: Registry) -> type[Task]:
     ]
     if not members:
         families = {entry.cls.metadata.family for entry in registry.tasks.values()}
-        raise ForgetbenchError(f"unknown task family {family!r}" + did_you_mean(family, families))
+        raise ForgetbenchError(
+            f"unknown task family {family!r}"
+            + did_you_mean(family, families)
+            + f"; a new family: forgetbench new-plugin family {family}"
+        )
     return members[0]
 
 
@@ -174,9 +187,7 @@ def new_task(name: str, family: str, directory: Path, registry: Registry | None 
         "base_name": base.metadata.name,
         "base_module": public_module(base),
         "offline": str(base.metadata.offline),
-        "load_data_doc": textwrap.fill(
-            inspect.getdoc(Task.load_data), WIDTH - 8, subsequent_indent=" " * 8
-        ),
+        "load_data_doc": method_docstring(inspect.getdoc(Task.load_data)),
         "settings": settings_literal(small_settings(base)),
     }
     return write(
@@ -238,9 +249,9 @@ What a task returns, per family: forgetbench's docs/reference.md ("Task API").
 
 METHOD = '''"""The ``$name`` method: a forgetbench plugin.
 
-Replace the body of the hooks below with your method. This skeleton pulls the weights towards
-the prior model's (``strength/2 * ||w - w0||^2`` on the prior model's weights); at
-``strength=0`` it returns None and the run is plain fine-tuning.
+Replace the body of the hooks below with your method. This skeleton pulls the weights
+towards the prior model's (``strength/2 * ||w - w0||^2`` on the prior model's
+weights); at ``strength=0`` it returns None and the run is plain fine-tuning.
 
 Other per-run hooks a method may implement (``@hookimpl`` on the class, listing only the
 arguments it uses):
@@ -257,7 +268,7 @@ from forgetbench.api import Method, check, hookimpl
 
 @dataclass
 class Config:
-    """Settings, given with ``--set $name.<field>=<value>``."""
+    """Settings: ``--set $name.<field>=<value>``."""
 
     strength: float = field(
         default=0.1, metadata={"help": "strength of the pull towards w0"}
@@ -286,7 +297,8 @@ class $cls(Method):
     def forgetbench_regularizer(self):
         """$regularizer_doc"""
         if self.config.strength == 0:
-            return None  # None, not a zero tensor: AdamW would still move zero-gradient weights
+            # None, not a zero tensor: AdamW would still move zero-gradient weights.
+            return None
         distance = sum(
             (w - w0).pow(2).sum() for w, w0 in self.anchors if w.requires_grad
         )
@@ -297,7 +309,8 @@ class $cls(Method):
     @hookimpl
     def forgetbench_diagnostics(self):
         """$diagnostics_doc"""
-        return {"metrics": {"$name/last_penalty": self.last_penalty}}
+        name = "$name/last_penalty"
+        return {"metrics": {name: self.last_penalty}}
 
 
 @hookimpl
@@ -305,34 +318,42 @@ def forgetbench_register_methods(register):
     register($cls)
 '''
 
-TEST_METHOD = '''"""Tests of the ``$name`` method: its config, and a whole run on forgetbench's
-mock task through the real engine and store (seconds on a CPU)."""
+TEST_METHOD = '''"""Tests of the ``$name`` method.
+
+Its config, and a whole run on forgetbench's mock task through the real engine and
+store (seconds on a CPU).
+"""
 
 import pytest
 from forgetbench.api import run_for_test
 
-from $module import Config, $cls
+import $module as plugin
+
+METHOD = plugin.$cls
 
 
 def test_config_rejects_a_negative_strength():
     with pytest.raises(ValueError, match="strength"):
-        Config(strength=-1.0)
+        plugin.Config(strength=-1.0)
 
 
 def test_a_run_on_the_mock_task(tmp_path):
-    result = run_for_test($cls, settings={"$name.strength": 0.5}, directory=tmp_path)
+    settings = {"$name.strength": 0.5}
+    result = run_for_test(METHOD, settings=settings, directory=tmp_path)
     assert result.run["status"] == "ok"
     assert 0.0 <= result.metrics["prior/after/accuracy"] <= 1.0
-    assert result.metrics["run/derived/$name/last_penalty"] > 0.0
+    penalty = result.metrics["run/derived/$name/last_penalty"]
+    assert penalty > 0.0
 '''
 
-TASK = '''"""The ``$name`` task ($family family): a forgetbench task plugin.
+TASK = '''"""The ``$name`` task: a forgetbench task plugin.
 
-It extends the installed ``$base_name`` task
-(``$base`` from ``$base_module``): its data, its prior model and
-the family's training and evaluation. A new dataset of the family is metadata plus a
-loader: change ``load_data`` to read yours, in the example format ``$base_name`` uses
-(forgetbench's docs/reference.md, "Task API").
+Its family: ``$family``. It extends the installed ``$base_name`` task
+(``$base`` from
+``$base_module``):
+its data, its prior model and the family's training and evaluation. A new dataset of
+the family is metadata plus a loader: change ``load_data`` to read yours, in the
+example format ``$base_name`` uses (forgetbench's docs/reference.md, "Task API").
 """
 
 from __future__ import annotations
@@ -345,15 +366,16 @@ class $cls($base):
     metadata = TaskMetadata(
         name="$name",
         family="$family",
-        description="$name (replace with a description of the scenario)",
+        description="replace with a description of the scenario",
         offline=$offline,
     )
 
     def load_data(self, ctx: RunContext) -> TaskData:
         """$load_data_doc
 
-        This skeleton returns the data of ``$base_name`` unchanged: replace the splits your
-        dataset brings (e.g. ``dataclasses.replace(data, new_train=..., new_eval=...)``).
+        This skeleton returns the data of ``$base_name`` unchanged: replace the splits
+        your dataset brings, e.g. with
+        ``dataclasses.replace(data, new_train=..., new_eval=...)``.
         """
         data = super().load_data(ctx)
         return data
@@ -364,12 +386,16 @@ def forgetbench_register_tasks(register):
     register($cls)
 '''
 
-TEST_TASK = '''"""Tests of the ``$name`` task: a whole run at small settings through the real
-engine and store."""
+TEST_TASK = '''"""Tests of the ``$name`` task.
+
+A whole run at small settings through the real engine and store.
+"""
 
 from forgetbench.api import run_for_test
 
-from $module import $cls
+import $module as plugin
+
+TASK = plugin.$cls
 
 # The base task's sizes, steps and held-out shares made small (a test, not a benchmark).
 SMALL = $settings
@@ -377,9 +403,9 @@ SMALL = $settings
 
 def test_a_short_run(tmp_path):
     result = run_for_test(
-        "finetune", task=$cls, steps=1, settings=SMALL, directory=tmp_path
+        "finetune", task=TASK, steps=1, settings=SMALL, directory=tmp_path
     )
     assert result.run["status"] == "ok"
-    assert result.run["task"] == "$name"
-    assert result.metrics["prior/after/" + $cls.metadata.prior_metric] >= 0.0
+    assert result.run["task"] == TASK.metadata.name
+    assert result.metrics["prior/after/" + TASK.metadata.prior_metric] >= 0.0
 '''

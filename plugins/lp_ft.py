@@ -87,9 +87,10 @@ class LPFT(Method):
 
 def no_probe(task: str) -> ForgetbenchError:
     return ForgetbenchError(
-        f"lp-ft: task {task!r} has no fresh new-task head to fit a probe for (its new task"
-        " starts from the prior model's own outputs), so LP-FT would be plain fine-tuning"
-        " there; use --method finetune"
+        f"lp-ft: task {task!r} gives no probe for a fresh new-task head (Task.reference_head;"
+        " a task whose new task starts from the prior model's own outputs, as QA, translation"
+        " and CLIP do, has none), so LP-FT would be plain fine-tuning there; use --method"
+        " finetune"
     )
 
 

@@ -63,7 +63,7 @@ def test_a_task_without_a_fresh_head_is_one_clear_error_and_caches_nothing(isola
     ctx, data = tiny_context(names, model)
     assert ctx.task.reference_head(ctx, model, data.new_train) is None
     before = model.heads["new"].weight.clone()
-    with pytest.raises(ForgetbenchError, match=r"no fresh new-task head .* use --method finetune"):
+    with pytest.raises(ForgetbenchError, match=r"no probe for a fresh .* --method finetune"):
         LPFT().forgetbench_setup(ctx=ctx, model=model, data=data)
     assert torch.equal(model.heads["new"].weight, before)
     assert not list((isolated_cache / "plugin-lp-ft").glob("[!.]*"))
@@ -78,12 +78,12 @@ def test_a_probe_that_does_not_fit_the_model_is_one_clear_error(isolated_cache):
 
 
 def test_a_task_without_reference_head_is_refused_before_anything_is_stored(db):
-    # the tiny task does not implement reference_head (no fresh head, like QA, MT and CLIP)
-    with pytest.raises(ForgetbenchError, match="lp-ft: task 'tiny' has no fresh new-task head"):
+    # the tiny task does not implement reference_head (as QA, MT and CLIP, which have no fresh head)
+    with pytest.raises(ForgetbenchError, match="lp-ft: task 'tiny' gives no probe for a fresh"):
         run_tiny(db, ["lp-ft"])
     assert not Path(db).exists()  # refused before the store is opened
     # a sweep checks its whole grid before the first run
-    with pytest.raises(ForgetbenchError, match="lp-ft: task 'tiny' has no fresh new-task head"):
+    with pytest.raises(ForgetbenchError, match="lp-ft: task 'tiny' gives no probe for a fresh"):
         plan(SweepSpec(task="tiny", methods=["finetune", "lp-ft"], seeds=[0, 1]), registry_with())
 
 
@@ -95,7 +95,7 @@ def test_a_task_whose_reference_head_returns_nothing_fails_at_setup_and_keeps_it
             return None  # implemented, but nothing to fit here
 
     request = RunRequest(task="tiny-no-head", methods=["lp-ft"], seed=0, steps=5)
-    with pytest.raises(ForgetbenchError, match="task 'tiny-no-head' has no fresh new-task head"):
+    with pytest.raises(ForgetbenchError, match="task 'tiny-no-head' gives no probe"):
         execute(request, db=db, registry=registry_with(tasks=(NoHeadTask,)))
     (run,) = Store(db, read_only=True).get_runs()
     assert run["status"] == "failed"

@@ -20,6 +20,7 @@ from reliability_helpers import cli
 
 from forgetbench.registry import hook_problems
 from forgetbench.scaffold import hook_doc, new_method, new_task
+from forgetbench.scaffold_family import new_family
 
 
 def load_module(path: Path):
@@ -73,15 +74,61 @@ def test_a_task_skeleton_extends_the_offline_task_of_its_family(tmp_path):
     assert '"task.stage0_steps": 2' in test
 
 
+def test_a_family_skeleton_is_a_family_base_and_a_first_dataset(tmp_path):
+    folder = new_family("speech", tmp_path / "skeleton")
+    module_path = folder / "forgetbench_speech.py"
+    assert forgetbench_imports(module_path) == {"forgetbench.api"}
+    assert 'speech = "forgetbench_speech"' in (folder / "pyproject.toml").read_text()
+    module = load_module(module_path)
+    assert hook_problems(module, per_run=False) == []
+    # The family leaves load_data to its datasets; the first dataset is a whole task.
+    assert inspect.isabstract(module.SpeechTask)
+    assert not inspect.isabstract(module.SpeechToyTask)
+    metadata = module.SpeechToyTask.metadata
+    assert (metadata.name, metadata.family, metadata.offline) == ("speech-toy", "speech", True)
+    steps = ("stage0", "init_new_task", "layer_stack", "reference_losses", "reference_head")
+    for step in steps:
+        assert module.SpeechToyTask.implements(step), step
+    with pytest.raises(ValueError, match="new_classes"):
+        module.Config(new_classes=1)
+
+
+@pytest.mark.parametrize("kind", ["method", "task", "family"])
+def test_skeletons_pass_a_default_lint_even_with_a_long_name(kind, tmp_path):
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed (the dev extra)")
+    name = "causal-language-model-of-tokens"
+    if kind == "method":
+        folder = new_method(name, tmp_path / name)
+    elif kind == "task":
+        folder = new_task(name, "text-classification", tmp_path / name)
+    else:
+        folder = new_family(name, tmp_path / name)
+    isolated = ["--isolated", "--line-length", "88"]  # ruff's defaults, not this project's
+    rules = ["--select", "E,F,W,I,B,UP"]
+    checked = subprocess.run(
+        [ruff, "check", *isolated, *rules, "."], cwd=folder, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout
+    formatted = subprocess.run(
+        [ruff, "format", "--check", *isolated, "."], cwd=folder, capture_output=True, text=True
+    )
+    assert formatted.returncode == 0, formatted.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["new-plugin", "method", "My_Method"], "lowercase letters, digits and single dashes"),
-        (["new-plugin", "widget", "x"], "a method or a task, got 'widget'"),
+        (["new-plugin", "widget", "x"], "a method, a task or a family, got 'widget'"),
         (["new-plugin", "task", "x"], "needs --family, the family the task extends: one of"),
         (["new-plugin", "task", "x"], "text-classification"),
         (["new-plugin", "method", "x", "--family", "qa"], "--family goes with new-plugin task"),
         (["new-plugin", "task", "x", "--family", "txt-class"], "did you mean"),
+        (["new-plugin", "task", "x", "--family", "speech"], "new-plugin family speech"),
+        (["new-plugin", "family", "x", "--family", "qa"], "--family goes with new-plugin task"),
+        (["new-plugin", "family", "qa"], "is installed: a new dataset of it is"),
     ],
 )
 def test_bad_requests_are_one_line(args, message, monkeypatch, capsys, tmp_path):
@@ -134,9 +181,9 @@ def run_in(folder: Path, *command: str, cache: Path) -> subprocess.CompletedProc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["method", "task"])
+@pytest.mark.parametrize("kind", ["method", "task", "family"])
 def test_a_skeleton_installs_and_passes_its_own_test(kind, installed, tmp_path):
-    name = {"method": "head-pull", "task": "my-news"}[kind]
+    name = {"method": "head-pull", "task": "my-news", "family": "speech"}[kind]
     family = ["--family", "text-classification"] if kind == "task" else []
     cache = tmp_path / "cache"
     forgetbench = [sys.executable, "-m", "forgetbench"]

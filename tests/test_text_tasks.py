@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-from forgetbench.api import tap_layers
+from forgetbench.api import fit_probe, tap_layers
 from forgetbench.errors import ForgetbenchError
 from forgetbench.runner import RunRequest, execute
 from forgetbench.store import Store
-from forgetbench_tasks.text_classification.base import fit_probe, fit_probe_losses
+from forgetbench_tasks.text_classification.base import fit_probe_losses
 from forgetbench_tasks.text_classification.wordnet import (
     LEXNAMES,
     read_chatterbot,

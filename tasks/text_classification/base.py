@@ -29,6 +29,7 @@ from forgetbench.api import (
     Stage0Spec,
     Task,
     TaskData,
+    fit_probe,
     hash_dir,
     masked_mean,
     module_stack,
@@ -54,41 +55,6 @@ class EncoderClassifier(nn.Module):
 
     def add_head(self, name: str, num_labels: int) -> None:
         self.heads[name] = nn.Linear(self.encoder.config.hidden_size, num_labels)
-
-
-def fit_probe(
-    features: torch.Tensor, labels: torch.Tensor, classes: int, steps: int, l2: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fit a multinomial logistic regression; returns its per-sample training loss [N], its
-    weight [D, C] and bias [C].
-
-    Zero initialisation and full-batch L-BFGS, so it is deterministic (no seed).
-
-    Args:
-        features: [N, D] float features.
-        labels: [N] int64 class indices.
-        classes: number of classes.
-        steps: L-BFGS iterations (full batch).
-        l2: penalty ``l2/2 * ||W||^2`` on the weights (not the bias).
-    """
-    features = features.float()
-    weight = torch.zeros(features.shape[1], classes, requires_grad=True)
-    bias = torch.zeros(classes, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [weight, bias], max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9
-    )
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(features @ weight + bias, labels) + l2 / 2 * weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    with torch.no_grad():
-        losses = F.cross_entropy(features @ weight + bias, labels, reduction="none")
-    return losses, weight.detach(), bias.detach()
 
 
 def fit_probe_losses(
