@@ -695,7 +695,8 @@ def fit_probe(
     :meth:`Task.reference_head` (the fresh head set to the probe: LP-FT, FLOW's
     ``probe_init``), fitted on f0's features of the fresh head's inputs.
 
-    Zero initialisation and full-batch L-BFGS, so it is deterministic (no seed).
+    Zero initialisation and full-batch L-BFGS, so it is deterministic (no seed); it runs on
+    the features' device (``labels`` on the same one).
 
     Args:
         features: [N, D] float features.
@@ -705,8 +706,8 @@ def fit_probe(
         l2: penalty ``l2/2 * ||W||^2`` on the weights (not the bias).
     """
     features = features.float()
-    weight = torch.zeros(features.shape[1], classes, requires_grad=True)
-    bias = torch.zeros(classes, requires_grad=True)
+    weight = torch.zeros(features.shape[1], classes, device=features.device, requires_grad=True)
+    bias = torch.zeros(classes, device=features.device, requires_grad=True)
     optimizer = torch.optim.LBFGS(
         [weight, bias], max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import re
 import textwrap
@@ -28,6 +29,7 @@ NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 # Hooks a method skeleton implements; the rest are listed in its module docstring.
 METHOD_HOOKS = ("forgetbench_setup", "forgetbench_regularizer", "forgetbench_diagnostics")
 WIDTH = 88  # ruff's and black's default line length: the skeleton passes a default lint
+MAX_NAME = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +48,16 @@ def names(name: str) -> Names:
             f"plugin name {name!r}: use lowercase letters, digits and single dashes"
             " (e.g. my-method)"
         )
+    if len(name) > MAX_NAME:  # the skeletons' lines are wrapped for names up to this
+        raise ForgetbenchError(f"plugin name {name!r}: at most {MAX_NAME} characters")
+    module = f"forgetbench_{name.replace('-', '_')}"
+    if importlib.util.find_spec(module) is not None:
+        raise ForgetbenchError(
+            f"plugin name {name!r}: a module {module} is already importable here (forgetbench's"
+            " own or an installed plugin's); choose another name"
+        )
     camel = "".join(part.capitalize() for part in name.split("-"))
-    return Names(name, f"forgetbench_{name.replace('-', '_')}", f"forgetbench-{name}", camel)
+    return Names(name, module, f"forgetbench-{name}", camel)
 
 
 def method_docstring(text: str) -> str:

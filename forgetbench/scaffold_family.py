@@ -47,7 +47,7 @@ toy that runs as it is (points near class centres, a small MLP). Replace it step
 the module's docstring lists, running the tests after each step.
 
     pip install -e .                  # then: forgetbench list
-    pytest tests                      # every method on $family-toy, about a minute on a CPU
+    pytest tests                      # every method on $family-toy: about 30 s on a CPU
     forgetbench run --task $family-toy --method mixcd
 
 What a task returns and what the core checks: forgetbench's docs/tasks.md ("Adding a family")
@@ -65,27 +65,33 @@ near class centres, a small residual MLP trained on a prior task (stage 0), then
 fine-tuned on a new task that groups the same centres, the prior head kept. Replace it
 step by step, running ``pytest`` after each:
 
-1. ``${cls}Model`` and ``build_prior``:
-   your model. From pretrained weights, name them in ``Stage0Spec.base`` (a model id,
-   a hash of the files); from a config, a hash of the config (here).
+1. ``${cls}Model``, ``new_model`` and ``architecture``:
+   your model, and what tells one architecture from another. ``build_prior``,
+   ``stage0`` (from pretrained weights, ``Stage0Spec.base`` names them: a model id, a
+   hash of the files; from a config, a hash of it, as here), ``save_bundle`` /
+   ``load_bundle`` and the head ``init_new_task`` adds follow the model.
 2. ``collate`` and ``forward``: your inputs, then each example's loss, success and
    confidence from one forward pass. Success is the family's "right answer": the
    collateral-damage rate and mix-cd count the examples f0 got right and the
    fine-tuned model gets wrong.
 3. ``${cls}ToyTask.load_data``:
-   your data, four splits of examples (JSON-able dicts, each with an integer ``id``,
-   unique across the splits); rename the task.
-4. ``evaluate``, if your metric needs decoding (BLEU, span F1): the default reports
-   ``accuracy`` (the share of successes) and the mean ``loss``. ``TaskMetadata``'s
-   ``prior_metric``, ``new_metric`` and ``lower_is_better`` name the main metrics.
+   your data, four splits of examples: JSON-able dicts, each with an integer ``id``
+   (unique across the splits) and what ``collate`` reads (here ``x``, ``label`` and
+   ``source``, "prior" or "new": which head scores it). ``info`` gives the heads'
+   sizes (``prior_classes``, ``new_classes``). Rename the task.
+4. ``evaluate``, if your metric needs decoding (BLEU, span F1): this family keeps
+   the default, ``accuracy`` (the share of successes) and the mean ``loss``.
+   ``TaskMetadata``'s ``prior_metric``, ``new_metric`` and ``lower_is_better`` name
+   the main metrics.
 5. ``layer_stack``, ``lora_target_modules`` and the features ``forward`` returns:
    what layer-wise methods, LoRA and LDIFS read from your model.
 6. ``probe``: the features the fresh head reads, for the linear probe that gives
    FLOW's reference losses and LP-FT's head (``reference_losses``,
    ``reference_head``). A family whose new task has no fresh head drops all three.
 
-Every member belongs to forgetbench's Task API (docs/reference.md, "Task API";
-docs/tasks.md, "Adding a family").
+The tests' thresholds on the toy's accuracy and forgetting are the toy's: set yours
+once your data is in. Every member belongs to forgetbench's Task API
+(docs/reference.md, "Task API"; docs/tasks.md, "Adding a family").
 """
 
 from __future__ import annotations
@@ -126,7 +132,8 @@ SIZES = ("prior_train_size", "prior_eval_size", "new_train_size", "new_eval_size
 
 @dataclasses.dataclass
 class Config:
-    """Settings, given with ``--set task.<field>=<value>``."""
+    """Settings, given with ``--set task.<field>=<value>``: the toy data's, then the
+    model's."""
 
     prior_train_size: int = 2000
     prior_eval_size: int = 500
@@ -200,14 +207,14 @@ class ${cls}Task(Task):
         c = self.config
         return {"family": FAMILY, "dim": DIM, "width": c.width, "depth": c.depth}
 
-    def new_model(self) -> ${cls}Model:
-        c, heads = self.config, {"prior": self.config.prior_classes}
+    def new_model(self, heads: dict[str, int]) -> nn.Module:
+        c = self.config
         return ${cls}Model(c.width, c.depth, heads)
 
     def build_prior(self, ctx: RunContext, data: TaskData) -> ModelBundle:
         # The core seeds torch first: the same config gives the same initial weights.
-        identity = hash_json(self.architecture())
-        return ModelBundle(self.new_model(), None, identity, source=FAMILY)
+        model = self.new_model({"prior": data.info["prior_classes"]})
+        return ModelBundle(model, None, hash_json(self.architecture()), source=FAMILY)
 
     @property
     def stage0(self) -> Stage0Spec:
@@ -218,13 +225,15 @@ class ${cls}Task(Task):
     def save_bundle(self, bundle: ModelBundle, directory: Path) -> None:
         state = dict(bundle.model.state_dict())
         save_file(state, str(directory / "model.safetensors"))
-        (directory / "bundle.json").write_text(json.dumps(self.architecture()))
+        heads = {name: head.out_features for name, head in bundle.model.heads.items()}
+        written = {"architecture": self.architecture(), "heads": heads}
+        (directory / "bundle.json").write_text(json.dumps(written))
 
     def load_bundle(self, directory: Path) -> ModelBundle:
         written = json.loads((directory / "bundle.json").read_text())
-        if written != self.architecture():
+        if written.get("architecture") != self.architecture():
             raise ForgetbenchError(f"{directory} holds another architecture: {written}")
-        model = self.new_model()
+        model = self.new_model(written["heads"])
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
         # Saved weights are named by a hash of their files.
         return ModelBundle(model, None, hash_dir(directory), f"prior-model:{directory}")
@@ -234,8 +243,8 @@ class ${cls}Task(Task):
     ) -> nn.Module:
         # A fresh head for the new task (the core seeds torch with the run seed first);
         # the parameters added here are the run's ``ctx.new_param_names``.
-        width, classes = self.config.width, self.config.new_classes
-        bundle.model.heads["new"] = nn.Linear(width, classes)
+        classes = data.info["new_classes"]
+        bundle.model.heads["new"] = nn.Linear(self.config.width, classes)
         return bundle.model
 
     # -- one step --------------------------------------------------------------------
@@ -254,10 +263,12 @@ class ${cls}Task(Task):
         # data-dependent indexing, so a GPU never waits mid-forward. Stage 0 has the
         # prior head only.
         prior, labels = inputs["prior_head"], inputs["labels"]
+        if "new" not in model.heads and not bool(prior.all()):  # before init_new_task
+            raise ForgetbenchError("new-task rows, but the model has no new head yet")
         result = None
         for name, head in model.heads.items():
             mine = prior if name == "prior" else ~prior
-            scored = score(head(hidden).float(), labels)
+            scored = score(head(hidden).float(), labels, mine)
             result = scored if result is None else choose(mine, scored, result)
         loss, success, confidence, logits = result
         taps = features if with_features else None
@@ -291,7 +302,14 @@ class ${cls}Task(Task):
 
     def probe(self, ctx: RunContext, model: nn.Module, split: Split):
         """(losses [N], weight [D, C], bias [C]) of a linear probe on f0's features of
-        ``split``: the fresh head's inputs, read in one counted inference pass."""
+        ``split``: the fresh head's inputs, read in one counted inference pass. Fitted
+        once per model and split (FLOW may ask for the losses and the head)."""
+        key = (id(model), split.fingerprint())
+        if getattr(self, "fitted", (None,))[0] != key:
+            self.fitted = (key, self.new_probe(ctx, model, split))
+        return self.fitted[1]
+
+    def new_probe(self, ctx: RunContext, model: nn.Module, split: Split):
         features = torch.zeros(len(split), self.config.width)
         labels = torch.zeros(len(split), dtype=torch.long)
         with torch.inference_mode():
@@ -299,7 +317,8 @@ class ${cls}Task(Task):
                 index = batch.index.cpu()
                 features[index] = body(model, batch.inputs["x"])[0].float().cpu()
                 labels[index] = batch.inputs["labels"].cpu()
-        return fit_probe(features, labels, self.config.new_classes, steps=100, l2=1e-3)
+        classes = model.heads["new"].out_features
+        return fit_probe(features, labels, classes, steps=100, l2=1e-3)
 
 
 def body(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list]:
@@ -312,10 +331,10 @@ def body(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list]:
     return hidden, features
 
 
-def score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(loss, success, confidence, logits) of every row under one head."""
-    valid = labels.clamp(max=logits.shape[1] - 1)  # rows of the other head: any class
-    loss = F.cross_entropy(logits, valid, reduction="none")
+def score(logits, labels, mine) -> tuple[torch.Tensor, ...]:
+    """(loss, success, confidence, logits) of every row under one head; the rows of
+    another head (not ``mine``) are scored against class 0, to be dropped."""
+    loss = F.cross_entropy(logits, torch.where(mine, labels, 0), reduction="none")
     confidence, prediction = logits.softmax(-1).max(-1)
     return loss, prediction == labels, confidence, logits
 
@@ -398,6 +417,7 @@ one cache.
 
 import pytest
 import torch
+import torch.nn.functional as F
 from forgetbench.api import run_for_test
 
 import $module as family
@@ -422,11 +442,31 @@ def test_the_splits_are_whole_and_their_ids_unique():
 
 def test_a_saved_prior_model_loads_back_the_same(tmp_path):
     task = TASK()
-    bundle = task.build_prior(None, None)
+    bundle = task.build_prior(None, task.load_data(None))
     task.save_bundle(bundle, tmp_path)
     loaded = task.load_bundle(tmp_path).model.state_dict()
+    assert loaded.keys() == bundle.model.state_dict().keys()
     for name, value in bundle.model.state_dict().items():
         assert torch.equal(loaded[name], value), name
+
+
+def test_each_row_of_a_mixed_batch_is_scored_by_its_own_head():
+    task = TASK()
+    data = task.load_data(None)
+    bundle = task.build_prior(None, data)
+    model = task.init_new_task(None, bundle, data)
+    examples = [*data.prior_train.examples[:3], *data.new_train.examples[:3]]
+    inputs = task.collate(bundle, examples)
+    result = task.forward(model, inputs, with_features=True)
+    hidden = result.features[-1]  # the last block's output: what the heads read
+    for row, example in enumerate(examples):
+        head = model.heads["prior" if example["source"] == "prior" else "new"]
+        logits = head(hidden[row : row + 1])
+        expected = F.cross_entropy(logits, torch.tensor([example["label"]]))
+        assert torch.allclose(result.loss[row], expected), row
+        assert torch.allclose(result.logits[row, : head.out_features], logits[0])
+        assert torch.isinf(result.logits[row, head.out_features :]).all()
+    assert len(result.features) == len(task.layer_stack(model)) + 1
 
 
 def test_a_bad_setting_is_refused():
@@ -445,6 +485,7 @@ def test_every_method_runs_on_it(method, runs):
 
 
 def test_fine_tuning_learns_the_new_task_and_forgets_some_of_the_prior(runs):
+    # The toy's thresholds: set yours once your data is in.
     metrics = run_for_test("finetune", task=TASK, steps=STEPS, directory=runs).metrics
     # Stage 0 learned the prior task: f0 gets most of it right.
     assert metrics["prior/before/accuracy"] > 0.8

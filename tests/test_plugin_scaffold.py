@@ -98,7 +98,7 @@ def test_skeletons_pass_a_default_lint_even_with_a_long_name(kind, tmp_path):
     ruff = Path(sys.executable).with_name("ruff")
     if not ruff.exists():
         pytest.skip("ruff is not installed (the dev extra)")
-    name = "causal-language-model-of-tokens"
+    name = "causal-language-model-of-token"  # 30 characters: the longest name allowed
     if kind == "method":
         folder = new_method(name, tmp_path / name)
     elif kind == "task":
@@ -129,6 +129,8 @@ def test_skeletons_pass_a_default_lint_even_with_a_long_name(kind, tmp_path):
         (["new-plugin", "task", "x", "--family", "speech"], "new-plugin family speech"),
         (["new-plugin", "family", "x", "--family", "qa"], "--family goes with new-plugin task"),
         (["new-plugin", "family", "qa"], "is installed: a new dataset of it is"),
+        (["new-plugin", "family", "tasks"], "a module forgetbench_tasks is already importable"),
+        (["new-plugin", "method", "a" * 31], "at most 30 characters"),
     ],
 )
 def test_bad_requests_are_one_line(args, message, monkeypatch, capsys, tmp_path):
