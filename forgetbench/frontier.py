@@ -12,7 +12,7 @@ frontier and its score include the trade-off WiSE-FT offers (``collect(wise_ft_g
 leaves them out).
 
 Frontier score: the hypervolume (area) dominated by a method's frontier of per-config means,
-above a reference point shared by every method compared on the task. The default reference is
+bounded by a reference point on the worse side of both axes, shared by every method compared. The default reference is
 the nadir (worst value on each axis) of every point compared: every config, every seed, and f0
 (the prior model before fine-tuning, whose new value is normally the worst new value), pushed
 out by 10% of each axis' range so that the extreme points still add area; larger is better. A
@@ -23,6 +23,7 @@ comparison, not beside a score from another pair.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -428,21 +429,41 @@ def _intervals(both, seeds: list[int], resamples: int, seed: int) -> list[tuple[
 
 
 def summary(result: Comparison) -> str:
-    """One sentence: who dominates, and whether the score difference's interval excludes 0."""
+    """One sentence: who dominates on the means over the seeds, where the seeds disagree with
+    that, and whether the interval of the score difference excludes 0."""
     a, b = result.a, result.b
     low, high = result.interval_difference
+    n = len(result.seeds)
     dominance = {
         "a": f"{a}'s frontier dominates {b}'s",
         "b": f"{b}'s frontier dominates {a}'s",
         "equal": f"{a} and {b} have the same frontier",
-        "neither": f"the frontiers of {a} and {b} cross (neither dominates)",
+        "neither": f"the frontiers of {a} and {b} cross: neither dominates",
     }[result.verdict]
-    if len(result.seeds) < 2:
-        clear = "one seed in common: no interval, run both on more seeds"
-    elif low > 0 or high < 0:
+    head = f"On the means over {n} seed{'s' if n != 1 else ''}, {dominance}"
+    level = f"{result.level:.0%}"
+    if n < 2:
+        return f"{head}; one seed in common: no interval, run both on more seeds."
+    if low > 0 or high < 0:
         winner = a if low > 0 else b
-        clear = f"{winner} scores higher; the {result.level:.0%} interval excludes 0"
+        tail = f"; {winner} scores higher and the {level} interval excludes 0"
     else:
-        clear = f"the {result.level:.0%} interval of the difference includes 0: no clear winner"
-    n = len(result.seeds)
-    return f"{dominance} (means over {n} seed{'s' if n != 1 else ''}); {clear}."
+        joiner = ", but" if result.verdict in ("a", "b") else ", and"
+        tail = f"{joiner} the {level} interval of the score difference includes 0: no clear winner"
+    return f"{head}{seed_disagreement(result)}{tail}."
+
+
+def seed_disagreement(result: Comparison) -> str:
+    """`` (per seed: ...)`` when some seed's verdict is not the means' verdict, else empty."""
+    verdicts = Counter(s.verdict for s in result.per_seed)
+    if set(verdicts) <= {result.verdict}:
+        return ""
+    words = {
+        "a": f"{result.a} dominates",
+        "b": f"{result.b} dominates",
+        "equal": "equal",
+        "neither": "they cross",
+    }
+    parts = [f"{words[v]} on {k}" for v, k in verdicts.most_common()]
+    parts[0] += f" of {len(result.per_seed)}"
+    return f" (per seed: {', '.join(parts)})"

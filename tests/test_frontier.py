@@ -165,8 +165,9 @@ def test_cli_compare_prints_the_verdict_and_intervals_in_80_columns(toy):
     )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "mixcd's frontier dominates random's (means over 3 seeds)" in text
-    assert "the 95% interval excludes 0" in text
+    assert "On the means over 3 seeds, mixcd's frontier dominates random's;" in text
+    assert "mixcd scores higher and the 95% interval excludes 0." in text
+    assert "per seed:" not in text  # every seed agrees with the means
     assert "A dominates" in text
     assert max(len(line) for line in result.output.splitlines()) <= 80
 
@@ -373,3 +374,23 @@ def test_a_rerun_seed_counts_once_with_its_latest_ok_run(db):
     assert points.methods["mixcd"].configs == {"mixcd": {0: (0.7, 0.6)}}
     [row] = leaderboard(Store(db, read_only=True), "toy")
     assert row.values["prior_after"] == [0.7]
+
+
+def test_the_verdict_says_where_seeds_disagree_with_the_means(db):
+    store = Store(db)
+    # mixcd's mean point (0.667, 0.667) dominates random's (0.533, 0.533); seed 2 reverses it
+    for seed, (mixcd, random) in enumerate([(0.8, 0.5), (0.8, 0.5), (0.4, 0.6)]):
+        store_run(store, "mixcd", "mixcd", seed, mixcd, mixcd)
+        store_run(store, "random", "random", seed, random, random)
+    result = compare(collect(Store(db, read_only=True), "toy"), "mixcd", "random", resamples=500)
+    assert [s.verdict for s in result.per_seed] == ["a", "a", "b"]
+    text = summary(result)
+    assert text.startswith(
+        "On the means over 3 seeds, mixcd's frontier dominates random's (per seed: mixcd"
+        " dominates on 2 of 3, random dominates on 1)"
+    )
+    low, high = result.interval_difference
+    assert low < 0 < high  # a resample of seed 2 alone favours random
+    assert text.endswith(
+        ", but the 95% interval of the score difference includes 0: no clear winner."
+    )
