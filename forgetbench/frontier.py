@@ -13,12 +13,12 @@ leaves them out).
 
 Frontier score: the hypervolume (area) dominated by a method's frontier of per-config means,
 bounded by a reference point on the worse side of both axes, shared by every method compared.
-The default reference is the nadir (worst value on each axis) of every point compared: every config, every seed, and f0
-(the prior model before fine-tuning, whose new value is normally the worst new value), pushed
-out by 10% of each axis' range so that the extreme points still add area; larger is better. A
-method that neither forgets nor learns (at f0) scores only the margin's small area. The
-reference is the pair's, so a score means something beside the other method's of the same
-comparison, not beside a score from another pair.
+The default reference is the nadir (worst value on each axis) of every point compared: every
+config, every seed, and f0 (the prior model before fine-tuning, whose new value is normally the
+worst new value), pushed out by 10% of each axis' range so that the extreme points still add
+area; larger is better. A method that neither forgets nor learns (at f0) scores only the
+margin's small area. The reference is the pair's, so a score means something beside the other
+method's of the same comparison, not beside a score from another pair.
 """
 
 from __future__ import annotations
