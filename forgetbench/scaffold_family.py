@@ -79,18 +79,18 @@ step by step, running ``pytest`` after each:
    (unique across the splits) and what ``collate`` reads (here ``x``, ``label`` and
    ``source``, "prior" or "new": which head scores it). ``info`` gives the heads'
    sizes (``prior_classes``, ``new_classes``). Rename the task.
-4. ``evaluate``, if your metric needs decoding (BLEU, span F1): this family keeps
-   the default, ``accuracy`` (the share of successes) and the mean ``loss``.
-   ``TaskMetadata``'s ``prior_metric``, ``new_metric`` and ``lower_is_better`` name
-   the main metrics.
+4. ``evaluate``: the default (kept here) reports ``accuracy``, the share of
+   successes, and the mean ``loss``; a family whose main metric is anything else
+   (MSE, BLEU, span F1) writes its own. ``TaskMetadata``'s ``prior_metric``,
+   ``new_metric`` and ``lower_is_better`` name the main metrics.
 5. ``layer_stack``, ``lora_target_modules`` and the features ``forward`` returns:
    what layer-wise methods, LoRA and LDIFS read from your model.
 6. ``probe``: the features the fresh head reads, for the linear probe that gives
    FLOW's reference losses and LP-FT's head (``reference_losses``,
    ``reference_head``). A family whose new task has no fresh head drops all three.
 
-The tests' thresholds on the toy's accuracy and forgetting are the toy's: set yours
-once your data is in. Every member belongs to forgetbench's Task API
+The tests read ``accuracy`` and the toy's thresholds: change them with your metric
+and data. Every member belongs to forgetbench's Task API
 (docs/reference.md, "Task API"; docs/tasks.md, "Adding a family").
 """
 
@@ -480,6 +480,7 @@ def test_every_method_runs_on_it(method, runs):
     assert result.run["status"] == "ok"
     batch_size = result.run["config"]["train"]["batch_size"]
     assert result.compute["forwarded"] == STEPS * batch_size  # each step's whole batch
+    # The default evaluate's metric: with your own evaluate, read your main metric.
     for split in ("prior", "new"):
         assert 0.0 <= result.metrics[f"{split}/after/accuracy"] <= 1.0
 

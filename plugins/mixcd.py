@@ -308,23 +308,7 @@ class MixCD(Method):
         # The prior cache is one inference pass of f0 over the prior train set, charged to
         # every mix-cd run (it is cached on disk and shared, but it is this method's cost).
         ctx.compute.extra_inference += len(data.prior_train)
-        keep = predictions.success.copy()
-        if config.conf_threshold is not None:
-            keep &= predictions.confidence >= config.conf_threshold
-        pool = np.flatnonzero(keep)
-        if len(pool) == 0:
-            right = int(predictions.success.sum())
-            raise ForgetbenchError(
-                f"mixcd: the candidate pool is empty: f0 gets {right} of"
-                f" {len(data.prior_train)} prior-train samples right (the task's `success`)"
-                + (
-                    f", none with confidence >= {config.conf_threshold} (lower"
-                    " mixcd.conf_threshold, or none)"
-                    if right and config.conf_threshold is not None
-                    else ": mix-cd rehearses only samples f0 knows; check f0 (stage 0) and"
-                    " what the task counts as success"
-                )
-            )
+        pool = candidate_pool(config, predictions)
         task_schemes = ctx.task.partitions(data)
         self.schemes = config.partitions or (*list(task_schemes)[:1], "confidence")
         cells, scheme_codes, sizes = build_cells(
@@ -336,6 +320,7 @@ class MixCD(Method):
             scheme_codes, sizes, config.combine == "factorised", config.decay
         )
         self.sampler = CollateralDamageSampler(config.mix_ratio, cell_of, estimator)
+        warn_if_few(ctx, len(pool), predictions, self.sampler.count(ctx.train.batch_size))
         self.monitor = RehearsalMonitor(predictions.success)
         self.pool_size = len(pool)
         self.prior_split = data.prior_train
@@ -402,6 +387,43 @@ class MixCD(Method):
             "cells": float(len(self.sampler.sizes)),
         }
         return {"metrics": metrics, "series": self.series}
+
+
+def candidate_pool(config: MixCDConfig, predictions) -> np.ndarray:
+    """Indices of the prior-train samples mix-cd may rehearse: f0's right ones (above
+    ``conf_threshold``); none is an error."""
+    keep = predictions.success.copy()
+    if config.conf_threshold is not None:
+        keep &= predictions.confidence >= config.conf_threshold
+    pool = np.flatnonzero(keep)
+    if len(pool) == 0:
+        right, total = int(predictions.success.sum()), len(predictions.success)
+        raise ForgetbenchError(
+            f"mixcd: the candidate pool is empty: f0 gets {right} of {total} prior-train"
+            " samples right (the task's `success`)"
+            + (
+                f", none with confidence >= {config.conf_threshold} (lower"
+                " mixcd.conf_threshold, or none)"
+                if right and config.conf_threshold is not None
+                else ": mix-cd rehearses only samples f0 knows; check f0 (stage 0) and"
+                " what the task counts as success"
+            )
+        )
+    return pool
+
+
+def warn_if_few(ctx, pool: int, predictions, slots: int) -> None:
+    """Warn when rehearsal would repeat each pool sample more than 10 times on average: the
+    rehearsal and the CD estimate then rest on a few samples (usually a success rule f0
+    rarely meets)."""
+    draws = ctx.train.steps * slots
+    if draws > 10 * pool:
+        ctx.logger.warning(
+            "mixcd: the candidate pool holds %d prior samples (f0 gets %d of %d right) for"
+            " %d rehearsal draws, each rehearsed about %.0f times: check what the task"
+            " counts as success",
+            pool, int(predictions.success.sum()), len(predictions.success), draws, draws / pool,
+        )  # fmt: skip
 
 
 @hookimpl

@@ -1,12 +1,21 @@
 """mix-cd on a planted scenario: a simulated per-sample oracle with known damage rates."""
 
+import logging
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from forgetbench.api import Batch, Compute, PerSample, PriorPredictions, Split, TaskData
+from forgetbench.api import (
+    Batch,
+    Compute,
+    PerSample,
+    PriorPredictions,
+    Split,
+    TaskData,
+    TrainConfig,
+)
 from forgetbench.errors import ForgetbenchError
 from forgetbench_plugins.mixcd import (
     CollateralDamageEstimator,
@@ -38,13 +47,15 @@ def damage_rate(labels):
     return np.where(labels == 0, RATE_A, RATE_REST)
 
 
-def fake_context(predictions, schemes, seed=0):
+def fake_context(predictions, schemes, seed=0, train=None):
     task = SimpleNamespace(partitions=lambda data: schemes)
     ctx = SimpleNamespace(
         prior_predictions=lambda: predictions,
         compute=Compute(),
         task=task,
         generator=lambda purpose: np.random.default_rng(seed),
+        train=train or TrainConfig(),
+        logger=logging.getLogger("forgetbench"),
     )
     examples = [{"id": i} for i in range(len(predictions.loss))]
     data = TaskData(Split("prior_train", examples), Split("e", []), Split("n", []), Split("ne", []))
@@ -207,6 +218,22 @@ def test_an_empty_pool_says_why_and_what_to_change():
     predictions.success[:] = False
     with pytest.raises(ForgetbenchError, match=r"f0 gets 0 of 50 .*check f0 \(stage 0\)"):
         MixCD(MixCDConfig()).forgetbench_prior_sampler(ctx=ctx, data=data)
+
+
+def test_a_pool_rehearsal_would_repeat_many_times_is_a_warning(caplog):
+    predictions, schemes = planted(6, size=200)
+    predictions.success[5:] = False  # f0 gets 5 right
+    # 100 steps of 8 prior slots: 800 draws from 5 samples, each about 160 times
+    ctx, data = fake_context(predictions, schemes, train=TrainConfig(steps=100, batch_size=32))
+    with caplog.at_level(logging.WARNING, logger="forgetbench"):
+        MixCD(MixCDConfig()).forgetbench_prior_sampler(ctx=ctx, data=data)
+    assert "candidate pool holds 5 prior samples (f0 gets 5 of 200 right)" in caplog.text
+    assert "800 rehearsal draws, each rehearsed about 160 times" in caplog.text
+    caplog.clear()
+    predictions.success[:] = True  # 200 samples for 800 draws: 4 times each, no warning
+    with caplog.at_level(logging.WARNING, logger="forgetbench"):
+        MixCD(MixCDConfig()).forgetbench_prior_sampler(ctx=ctx, data=data)
+    assert "candidate pool" not in caplog.text
 
 
 def test_a_partition_the_task_lacks_is_an_error_with_a_suggestion():
