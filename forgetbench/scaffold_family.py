@@ -451,6 +451,7 @@ def test_a_saved_prior_model_loads_back_the_same(tmp_path):
 
 
 def test_each_row_of_a_mixed_batch_is_scored_by_its_own_head():
+    torch.manual_seed(0)
     task = TASK()
     data = task.load_data(None)
     bundle = task.build_prior(None, data)
@@ -463,8 +464,10 @@ def test_each_row_of_a_mixed_batch_is_scored_by_its_own_head():
         head = model.heads["prior" if example["source"] == "prior" else "new"]
         logits = head(hidden[row : row + 1])
         expected = F.cross_entropy(logits, torch.tensor([example["label"]]))
-        assert torch.allclose(result.loss[row], expected), row
-        assert torch.allclose(result.logits[row, : head.out_features], logits[0])
+        # one row alone and a batch round differently: equal to float precision
+        assert torch.allclose(result.loss[row], expected, atol=1e-5), row
+        own = result.logits[row, : head.out_features]
+        assert torch.allclose(own, logits[0], atol=1e-5)
         assert torch.isinf(result.logits[row, head.out_features :]).all()
     assert len(result.features) == len(task.layer_stack(model)) + 1
 
