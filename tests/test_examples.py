@@ -5,7 +5,9 @@ their distribution, and run end to end through the real CLI on the offline text 
 - forgetbench-ewc: ``--method ewc --method wise-ft`` on ``wordnet``, its Fisher's forward and
   backward passes in the run's compute, the stacked row on the leaderboard;
 - forgetbench-fortunes: ``--task fortunes --method finetune``, on the stage-0 model it shares with
-  ``wordnet`` (same family, prior data and budget: one cache entry).
+  ``wordnet`` (same family, prior data and budget: one cache entry);
+- forgetbench-lexreg (a new family: regression, lower-is-better main metric):
+  ``--task lexreg-depth --method mixcd``, its forgetting signed for a lower-is-better metric.
 """
 
 import importlib.metadata
@@ -22,7 +24,11 @@ from forgetbench.registry import get_registry
 from forgetbench.store import Store
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-DISTRIBUTIONS = {"forgetbench-ewc": ("ewc", "method"), "forgetbench-fortunes": ("fortunes", "task")}
+DISTRIBUTIONS = {
+    "forgetbench-ewc": ("ewc", "method"),
+    "forgetbench-fortunes": ("fortunes", "task"),
+    "forgetbench-lexreg": ("lexreg-depth", "task"),
+}
 # The small offline settings of test_e2e_offline, with a smaller chatterbot eval split.
 SMALL = [
     "--set", "task.stage0_steps=4",
@@ -116,3 +122,18 @@ def test_the_fortunes_task_through_the_cli(env):
     assert models["fortunes"].endswith("@" + entry[:16])  # wordnet's stage 0, not one of its own
     if "wordnet" in models:  # the ewc test ran first in this module: the same f0
         assert models["wordnet"].split("@")[1] == models["fortunes"].split("@")[1]
+
+
+@pytest.mark.slow
+def test_the_lexreg_family_through_the_cli(env):
+    require_installed("forgetbench-lexreg")
+    small = ["--set", "task.stage0_steps=200", "--set", "task.prior_train_size=2000"]
+    cli(env, "run", "--task", "lexreg-depth", "--method", "mixcd", *small, "--steps", "20")
+    [run] = [r for r in Store(env["FORGETBENCH_DB"]).get_runs() if r["task"] == "lexreg-depth"]
+    metrics = Store(env["FORGETBENCH_DB"]).get_metrics([run["id"]])[run["id"]]
+    # mse is lower-is-better: forgetting is after - before, and the stored direction says so
+    forgetting = metrics["prior/after/mse"] - metrics["prior/before/mse"]
+    assert metrics["prior/derived/forgetting"] == pytest.approx(forgetting)
+    assert metrics["run/derived/pool_size"] > 0
+    board = json.loads(cli(env, "leaderboard", "--format", "json", "--task", "lexreg-depth"))
+    assert [row["methods"].split(" ")[0] for row in board] == ["mixcd"]
