@@ -356,11 +356,13 @@ class Stage0Spec:
 
 @dataclass(frozen=True)
 class LeaderboardColumn:
-    """A diagnostic a method stores (``run/derived/<name>``) that the leaderboard shows."""
+    """A diagnostic a method stores (``run/derived/<name>``) that the leaderboard shows;
+    ``definition`` is what the leaderboard's footnote says of it."""
 
     name: str
     header: str
     decimals: int = 4
+    definition: str = ""
 
 
 class PriorSampler(ABC):

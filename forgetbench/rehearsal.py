@@ -7,7 +7,14 @@ import numpy as np
 from forgetbench.api import Batch, LeaderboardColumn, PerSample
 
 # What a rehearsal method adds to the leaderboard.
-REHEARSAL_COLUMNS = (LeaderboardColumn("rehearsal_precision", "rehearsal prec."),)
+REHEARSAL_COLUMNS = (
+    LeaderboardColumn(
+        "rehearsal_precision",
+        "rehearsal prec.",
+        definition="share of the rehearsed prior samples that were collateral damage when"
+        " rehearsed (f0 right, the model being fine-tuned wrong)",
+    ),
+)
 
 
 def prior_rows(batch: Batch, per_sample: PerSample):

@@ -391,8 +391,8 @@ def footnote(
         if ci
         else "± standard deviation over seeds (--ci for 95% intervals)"
     )
-    definitions = _definitions(metrics)
-    lines = [f"{header}: {definitions.get(key, 'a diagnostic its method stores')}"
+    definitions = _definitions(metrics) | _method_definitions()
+    lines = [f"{header}: {definitions.get(key) or 'a diagnostic its method stores'}"
              for key, header, _ in shown]  # fmt: skip
     both = "main metrics" if not metrics else " and ".join(dict.fromkeys(metrics))
     lines += [spread, f"*: no other config of the task, in the same scenario (task settings,"
@@ -401,6 +401,16 @@ def footnote(
         names = ", ".join(key for key, _, _ in hidden)
         lines.append(f"not shown for width: {names} (--columns to pick, or a wider terminal)")
     return lines
+
+
+def _method_definitions() -> dict[str, str]:
+    """The installed methods' leaderboard columns' definitions (``LeaderboardColumn``)."""
+    return {
+        column.name: column.definition
+        for entry in get_registry().methods.values()
+        for column in entry.cls.columns
+        if column.definition
+    }
 
 
 def _definitions(metrics: tuple[str, str] | None) -> dict[str, str]:

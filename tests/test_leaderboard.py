@@ -139,6 +139,10 @@ def test_columns_and_ci_options(toy):
     half = 4.303 * 0.0360555 / math.sqrt(3)
     assert f"0.730±{half:.3f}" in text
     assert "95% Student t interval" in text
+    output = invoke("leaderboard", "--db", toy, "--columns", "prior_after,rehearsal_precision")
+    # a method's column is footnoted with its LeaderboardColumn.definition
+    footnote = "rehearsal prec.: share of the rehearsed prior samples that were collateral damage"
+    assert footnote in " ".join(output.split())
     result = CliRunner().invoke(app, ["leaderboard", "--db", toy, "--columns", "prior_aftr"])
     assert result.exit_code != 0
     assert "did you mean 'prior_after'" in str(result.exception)
