@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from rich import box
@@ -14,6 +15,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
+from forgetbench.api import LeaderboardColumn
 from forgetbench.errors import ForgetbenchError, did_you_mean
 from forgetbench.frontier import check_stored, summary
 from forgetbench.registry import Registry, get_registry
@@ -217,13 +219,17 @@ def columns(rows: list[Row], registry: Registry | None = None) -> list[tuple]:
 def _method_columns(names: set[str], registry: Registry | None) -> list[tuple]:
     if not names:
         return []
-    registry = registry or get_registry()
     columns: dict[str, tuple] = {}
-    for name in sorted(names):
-        entry = registry.methods.get(name)
-        for column in entry.cls.columns if entry else ():
-            columns.setdefault(column.name, (column.name, column.header, column.decimals))
+    for column in _declared_columns(registry or get_registry(), sorted(names)):
+        columns.setdefault(column.name, (column.name, column.header, column.decimals))
     return list(columns.values())
+
+
+def _declared_columns(registry: Registry, names: Iterable[str]) -> Iterator[LeaderboardColumn]:
+    """The ``LeaderboardColumn``s the methods ``names`` declare (an uninstalled one: none)."""
+    for name in names:
+        entry = registry.methods.get(name)
+        yield from entry.cls.columns if entry else ()
 
 
 def _nan_low(value: float) -> float:
@@ -405,12 +411,9 @@ def footnote(
 
 def _method_definitions() -> dict[str, str]:
     """The installed methods' leaderboard columns' definitions (``LeaderboardColumn``)."""
-    return {
-        column.name: column.definition
-        for entry in get_registry().methods.values()
-        for column in entry.cls.columns
-        if column.definition
-    }
+    registry = get_registry()
+    columns = _declared_columns(registry, sorted(registry.methods))
+    return {column.name: column.definition for column in columns if column.definition}
 
 
 def _definitions(metrics: tuple[str, str] | None) -> dict[str, str]:
