@@ -347,10 +347,12 @@ def list_plugins(
 
 def _list_console() -> Console:
     """``list``'s tables off a terminal (a pipe, a file) are 200 columns wide, so descriptions
-    and help stay on one line each where the 80 columns rich assumes would fold them."""
-    if out.is_terminal or os.environ.get("COLUMNS"):
+    and help stay on one line each where the 80 columns rich assumes would fold them. A
+    ``COLUMNS`` set now wins; a new console reads it (``out`` kept the one set at import)."""
+    if out.is_terminal:
         return out
-    return PipeSafeConsole(width=200)
+    columns = os.environ.get("COLUMNS", "")
+    return PipeSafeConsole(width=int(columns) if columns.isdigit() else 200)
 
 
 def _print_settings(registry, method: str | None, task: str | None) -> None:
@@ -716,7 +718,7 @@ def plot(
         )
     else:
         path = plot_run(store, run_id, out_path or f"run-{run_id}.png")
-    out.print(f"wrote {path}", markup=False, highlight=False)
+    out.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)  # a path whole
 
 
 @app.command("new-plugin")

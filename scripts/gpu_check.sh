@@ -2,9 +2,8 @@
 # The CUDA figures of docs/performance.md ("GPU figures") and the suite on CUDA, as two device
 # calls of about 8 minutes each: a session is lent 15 minutes of device time, starts included.
 #
-# Here, once (the GPU image lacks these packages and the offline model and data):
-#   make setup && WHEELS="sqlalchemy greenlet datasets dill multiprocess open_clip_torch ftfy \
-#       tokenizers" bash ../shared/gpu/bundle.sh
+# Here, once (the GPU image lacks some packages, forgetbench's plugins and the offline data):
+#   make setup && bash scripts/gpu_bundle.sh
 # Then, with the device tool (carry [".gpu"], timeout_s 540):
 #   source .gpu/setup.sh && bash scripts/gpu_check.sh figures
 #   source .gpu/setup.sh && bash scripts/gpu_check.sh tests
@@ -58,7 +57,16 @@ figures)
     ;;
 tests)
     # The suite on CUDA, the slowest tests named; PostgreSQL's tests skip (no server there).
-    timeout -s INT "$(left)" "$PY" -m pytest -q -p no:cacheprovider --durations=15 2>&1 \
+    # The GPU image has pytest-xdist and 16 cores: GPU_TEST_WORKERS processes (default 6) of 2
+    # torch threads each share the GPU; 0 runs the suite in one process.
+    workers=${GPU_TEST_WORKERS:-6}
+    if [ "$workers" -gt 0 ] && "$PY" -c 'import xdist' 2>/dev/null; then
+        set -- -n "$workers"
+        export OMP_NUM_THREADS=2
+    else
+        set --
+    fi
+    timeout -s INT "$(left)" "$PY" -m pytest -q -p no:cacheprovider --durations=15 "$@" 2>&1 \
         | tee "$OUT/tests.txt"
     ;;
 *)
