@@ -132,6 +132,7 @@ class Scenario:
         self.train = TrainConfig(steps=steps, batch_size=32, lr=1e-4, device=device.type)
         self.accelerator = make_accelerator(self.train)
         self.device = self.accelerator.device
+        self.bundle.model.to(self.device)  # f0 builds the prior cache there (the runner's too)
         shared = {name for name, _ in self.bundle.model.named_parameters()}
         self.new_names = frozenset(
             n for n, _ in self.template.named_parameters() if n not in shared

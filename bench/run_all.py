@@ -32,7 +32,7 @@ def main(argv=None) -> list[Row]:
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated names")
     args = parser.parse_args(argv)
     rows: list[Row] = []
-    seconds = {}
+    seconds, failed = {}, []
     for name in args.only.split(","):
         module = importlib.import_module(BENCHMARKS[name.strip()])
         forwarded = ["--device", args.device] + (["--quick"] if args.quick else [])
@@ -43,9 +43,14 @@ def main(argv=None) -> list[Row]:
         except KeyboardInterrupt:  # Ctrl-C or a time limit (scripts/gpu_check.sh): keep the rest
             print(f"== {name}: interrupted; the table holds the benchmarks before it", flush=True)
             break
+        except Exception as error:  # one broken benchmark costs its rows, not the others'
+            print(f"== {name}: failed: {type(error).__name__}: {error}", flush=True)
+            failed.append(name)
         seconds[name] = time.perf_counter() - started
     print_table(rows, describe(pick_device(args.device)), "all benchmarks")
     print("benchmark seconds: " + ", ".join(f"{n} {s:.0f}" for n, s in seconds.items()))
+    if failed:
+        raise SystemExit(f"failed benchmarks: {', '.join(failed)} (their errors are above)")
     return rows
 
 

@@ -30,9 +30,11 @@ def stage0_key(task: Task, spec: Stage0Spec, data: TaskData) -> str:
 
 
 def train_stage0(spec: Stage0Spec, bundle: ModelBundle, data: TaskData, ctx: RunContext):
-    """Fine-tune the task's base model on the prior task with the stage-0 budget, seed 0."""
-    accelerator = make_accelerator(spec.train)
-    stage_ctx = ctx.for_stage0(spec.train, accelerator, bundle)
+    """Fine-tune the task's base model on the prior task with the stage-0 budget, seed 0, on
+    the run's device (``--set device=cpu`` keeps stage 0 off a GPU too)."""
+    train = dataclasses.replace(spec.train, device=ctx.train.device)
+    accelerator = make_accelerator(train)
+    stage_ctx = ctx.for_stage0(train, accelerator, bundle)
     loop = TrainLoop(stage_ctx, accelerator, data.prior_train, label="stage 0", train_is_prior=True)
     model, _ = loop.run(bundle.model.to(accelerator.device))
     return model

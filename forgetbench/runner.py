@@ -576,8 +576,12 @@ class Run:
         """f0 plus what the new task adds (seeded with the run seed), on the run's device."""
         with distributed.main_first("prior-model"):  # it builds stage 0, the others load it
             bundle = prior_bundle(self.task, ctx, data, self.request.prior_model)
-        if self.accelerator.state.mixed_precision != self.resolved.train.mixed_precision:
-            # stage 0 ran under accelerate state of its own: the run's comes back
+        state = self.accelerator.state
+        if (
+            state.mixed_precision != self.resolved.train.mixed_precision
+            or state.device != ctx.device
+        ):  # stage 0 ran under accelerate state of its own (precision, a task's device): the
+            # run's comes back
             self.accelerator = ctx.accelerator = engine.make_accelerator(self.resolved.train)
         self.store.update_run(self.run_id, model=f"{bundle.source}@{bundle.identity[:16]}")
         digest = None if self.request.prior_model else _stage0_files_digest(bundle)

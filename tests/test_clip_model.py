@@ -130,12 +130,15 @@ def test_new_head_starts_at_the_zero_shot_weights(loaded):
     specs = {d.name: d for d in task.datasets}
     tiles = specs["tiles"]
     expected_new = encode_prompts(clip, tokenizer, tiles.classnames, tiles.templates)
-    assert torch.allclose(bundle.model.new_weights.detach(), expected_new, atol=1e-5)
+    # The task computes the heads on a GPU where there is one, under the process's TF32 setting
+    # (a run's turns it on): 10-bit mantissas there, about 3e-4 off the CPU's here (an H200).
+    atol = 2e-3 if torch.cuda.is_available() else 1e-5
+    assert torch.allclose(bundle.model.new_weights.detach(), expected_new, atol=atol)
     expected_prior = torch.cat(
         [encode_prompts(clip, tokenizer, specs[n].classnames, specs[n].templates)
          for n in ("colours", "stripes")]
     )  # fmt: skip
-    assert torch.allclose(bundle.model.prior_weights, expected_prior, atol=1e-5)
+    assert torch.allclose(bundle.model.prior_weights, expected_prior, atol=atol)
 
 
 def test_success_and_confidence_come_from_zero_shot_logits(loaded):

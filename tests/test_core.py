@@ -359,3 +359,30 @@ def test_list_off_a_terminal_keeps_each_description_on_one_line(monkeypatch):
     for name, entry in get_registry().methods.items():
         [line] = [line for line in result.output.splitlines() if line.startswith(f"│ {name} ")]
         assert entry.cls.description in line
+
+
+def test_stage0_trains_on_the_runs_device_whatever_its_spec_says(db, monkeypatch):
+    """``--set device=cpu`` holds for stage 0 too. Stage 0 used to train on its spec's device
+    (``auto``: the GPU) and swap accelerate's state under the run, whose model then sat on the
+    GPU and its batches on the CPU (seen on an H200). Here the spec names ``cuda``, which a
+    machine without one refuses: the run must not try."""
+    from forgetbench import prior
+    from forgetbench.runner import RunRequest, execute
+    from forgetbench.testing import TinyTextTask, registry_with
+
+    class CudaStage0(TinyTextTask):
+        metadata = dataclasses.replace(TinyTextTask.metadata, name="tiny-cuda-stage0")
+
+        @property
+        def stage0(self):
+            spec = super().stage0
+            return dataclasses.replace(spec, train=dataclasses.replace(spec.train, device="cuda"))
+
+    devices, make = [], prior.make_accelerator
+    monkeypatch.setattr(prior, "make_accelerator", lambda t: devices.append(t.device) or make(t))
+    sizes = {f"task.{split}_size": "16" for split in ("prior_train", "prior_eval", "new_train")}
+    overrides = {**sizes, "task.new_eval_size": "16", "task.stage0_steps": "2", "device": "cpu"}
+    request = RunRequest("tiny-cuda-stage0", ["finetune"], 0, 2, overrides)
+    run_id = execute(request, db=db, registry=registry_with(tasks=(CudaStage0,)))
+    assert devices == ["cpu"]
+    assert Store(db).get_run(run_id)["status"] == "ok"
