@@ -12,6 +12,8 @@
 #   scenario uses it, and that also needs conformal-clip-data, 45 MiB) stays behind, so its
 #   end-to-end test skips there; WordNet's data and index files travel as xz (6 MiB instead of 9);
 # - setup.sh is rewritten to unpack that xz.
+# It also carries wcwidth (open_clip needs ftfy, ftfy needs wcwidth), as the pure-Python 0.2.13:
+# the current one's compiled wheel would take the tree over 64 MiB.
 
 set -euo pipefail
 DIR=.gpu

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The CUDA figures of docs/performance.md ("GPU figures") and the suite on CUDA, as two device
-# calls of about 8 minutes each: a session is lent 15 minutes of device time, starts included.
+# The CUDA figures of docs/performance.md ("GPU figures") and the suite on CUDA, in device calls
+# that fit a session's 15 minutes of device time, starts (1-2 minutes each) included.
 #
 # Here, once (the GPU image lacks some packages, forgetbench's plugins and the offline data):
 #   make setup && bash scripts/gpu_bundle.sh
-# Then, with the device tool (carry [".gpu"], timeout_s 540):
-#   source .gpu/setup.sh && bash scripts/gpu_check.sh figures
-#   source .gpu/setup.sh && bash scripts/gpu_check.sh tests
+# Then, with the device tool (carry [".gpu"]), back to back so the machine stays warm (30 s):
+#   source .gpu/setup.sh && GPU_CHECK_SECONDS=290 bash scripts/gpu_check.sh figures
+#   source .gpu/setup.sh && GPU_CHECK_SECONDS=480 GPU_TEST_WORKERS=8 bash scripts/gpu_check.sh tests
+# On an H200 (2026-12-04) `figures` took 165 s (three CLI runs, then the engine benchmark: the
+# rest ran out of budget) and `tests` 370 s with 8 workers. `bench` runs the benchmarks alone,
+# BENCH_ONLY (run_all's --only) naming which, e.g. BENCH_ONLY=precision,sampler; PYTEST_ARGS
+# narrows `tests` to some tests.
 # Everything lands in $OUT (device.txt, runs.txt, bench.txt, tests.txt), which the tool brings
 # back. Each part stops itself before GPU_CHECK_SECONDS (default 480) and keeps what it printed:
 # the bench and the suite are interrupted with SIGINT, so their tables and summaries still print.
