@@ -90,6 +90,27 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
     return Accelerator(cpu=use_cpu, mixed_precision=train.mixed_precision)
 
 
+def plain_steps(accelerator: Accelerator) -> bool:
+    """Whether accelerate's ``backward`` and its optimiser and scheduler wrappers' ``step`` do
+    nothing beyond plain PyTorch's here: no loss scaler (fp16), one optimiser step per batch,
+    and none of the engines that step by themselves. Then the loop calls PyTorch's directly:
+    the same arithmetic (accelerate divides the loss by 1), without the wrapper's host work,
+    which a GPU step waits on (its optimiser probes for an optional package twice a step)."""
+    from accelerate.utils import DistributedType
+
+    return (
+        accelerator.scaler is None
+        and accelerator.gradient_accumulation_steps == 1
+        and accelerator.distributed_type
+        not in (
+            DistributedType.DEEPSPEED,
+            DistributedType.MEGATRON_LM,
+            DistributedType.XLA,
+            DistributedType.FSDP,
+        )
+    )
+
+
 def linear_warmup_decay(optimizer, steps: int, warmup_ratio: float):
     warmup = int(steps * warmup_ratio)
 
@@ -227,6 +248,12 @@ class TrainLoop:
             self.accelerator, model, optimizer, scheduler
         )
         self.world = distributed.size() if self.sharded else 1
+        plain = plain_steps(self.accelerator)  # the wrappers stay for checkpoints and fp16
+        self.stepped = (
+            (self.optimizer.optimizer, self.scheduler.scheduler)
+            if plain
+            else (self.optimizer, self.scheduler)
+        )
         self.counts = distributed.ShardCounts(self.world > 1)
         if self.world > 1:
             distributed.seed_process(self.ctx.seed)
@@ -280,14 +307,18 @@ class TrainLoop:
                 self.model, on_device.inputs, with_features=self.needs_features
             )
             loss = combine_loss(self.ctx, self.hooks, self.model, on_device, outputs)
-        self.accelerator.backward(loss)
+        optimizer, scheduler = self.stepped
+        if optimizer is self.optimizer:
+            self.accelerator.backward(loss)
+        else:
+            loss.backward()
         if self.world > 1:
             distributed.average_gradients(self.parameters)
         if self.ctx.train.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.parameters, self.ctx.train.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
         self.ctx.compute.forwarded += len(batch)
         self.ctx.compute.backpropagated += len(batch)
         return loss, outputs

@@ -124,6 +124,40 @@ def test_a_reused_load_brings_what_load_data_kept_on_the_task(monkeypatch, tmp_p
     assert first.metrics == second.metrics
 
 
+def test_plain_steps_skip_accelerates_wrappers_and_change_no_number(monkeypatch, tmp_path):
+    """Without a loss scaler the loop steps PyTorch's optimiser and scheduler itself (their
+    accelerate wrappers cost host time a GPU step waits on); the numbers are the wrappers'."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    calls = []
+    wrapped_step = AcceleratedOptimizer.step
+    monkeypatch.setattr(
+        AcceleratedOptimizer, "step", lambda self, *a: calls.append(1) or wrapped_step(self, *a)
+    )
+    plain = run_for_test("mixcd", steps=4, directory=tmp_path / "plain")
+    assert calls == []
+    monkeypatch.setattr(engine, "plain_steps", lambda accelerator: False)
+    wrapped = run_for_test("mixcd", steps=4, directory=tmp_path / "wrapped")
+    assert len(calls) == 4
+    assert plain.metrics == wrapped.metrics
+    assert plain.series == wrapped.series  # the loss curve, step by step
+
+
+def test_plain_steps_only_without_a_scaler_or_accumulation():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    def accelerator(**changes):
+        base = {"scaler": None, "gradient_accumulation_steps": 1, "distributed_type": "NO"}
+        return SimpleNamespace(**{**base, **changes})
+
+    assert engine.plain_steps(accelerator())
+    assert not engine.plain_steps(accelerator(scaler=object()))  # fp16: the scaler steps
+    assert not engine.plain_steps(accelerator(gradient_accumulation_steps=2))
+    assert not engine.plain_steps(accelerator(distributed_type=DistributedType.DEEPSPEED))
+
+
 def test_another_precision_in_the_same_process():
     for precision in ("bf16", "no", "bf16"):
         accelerator = engine.make_accelerator(TrainConfig(device="cpu", mixed_precision=precision))
