@@ -71,14 +71,14 @@ bench)
 tests)
     # The suite on CUDA (or PYTEST_ARGS's tests), the slowest named; PostgreSQL's tests skip
     # (no server there).
-    # The GPU image has pytest-xdist and 16 cores: GPU_TEST_WORKERS processes (default 6) of 2
+    # The GPU image has pytest-xdist and 16 cores: GPU_TEST_WORKERS processes (default 8) of 2
     # torch threads each share the GPU; 0 runs the suite in one process.
     # The console script, where tests look for it (beside the interpreter): setup.sh installs
     # into /tmp/site, whose bin/ is not there.
     bindir=$(dirname "$("$PY" -c 'import sys; print(sys.executable)')")
     [ -x /tmp/site/bin/forgetbench ] && [ ! -e "$bindir/forgetbench" ] \
         && ln -s /tmp/site/bin/forgetbench "$bindir/forgetbench"
-    workers=${GPU_TEST_WORKERS:-6}
+    workers=${GPU_TEST_WORKERS:-8}
     if [ "$workers" -gt 0 ] && "$PY" -c 'import xdist' 2>/dev/null; then
         set -- -n "$workers"
         export OMP_NUM_THREADS=2
