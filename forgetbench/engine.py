@@ -248,12 +248,7 @@ class TrainLoop:
             self.accelerator, model, optimizer, scheduler
         )
         self.world = distributed.size() if self.sharded else 1
-        plain = plain_steps(self.accelerator)  # the wrappers stay for checkpoints and fp16
-        self.stepped = (
-            (self.optimizer.optimizer, self.scheduler.scheduler)
-            if plain
-            else (self.optimizer, self.scheduler)
-        )
+        self.plain = plain_steps(self.accelerator)  # the wrappers stay for checkpoints, fp16
         self.counts = distributed.ShardCounts(self.world > 1)
         if self.world > 1:
             distributed.seed_process(self.ctx.seed)
@@ -307,11 +302,12 @@ class TrainLoop:
                 self.model, on_device.inputs, with_features=self.needs_features
             )
             loss = combine_loss(self.ctx, self.hooks, self.model, on_device, outputs)
-        optimizer, scheduler = self.stepped
-        if optimizer is self.optimizer:
-            self.accelerator.backward(loss)
-        else:
+        optimizer, scheduler = self.optimizer, self.scheduler
+        if self.plain:  # PyTorch's own, under accelerate's wrappers (plain_steps)
+            optimizer, scheduler = optimizer.optimizer, scheduler.scheduler
             loss.backward()
+        else:
+            self.accelerator.backward(loss)
         if self.world > 1:
             distributed.average_gradients(self.parameters)
         if self.ctx.train.max_grad_norm:
