@@ -14,7 +14,6 @@ from forgetbench.api import fit_probe, tap_layers
 from forgetbench.errors import ForgetbenchError
 from forgetbench.runner import RunRequest, execute
 from forgetbench.store import Store
-from forgetbench_tasks.text_classification.base import fit_probe_losses
 from forgetbench_tasks.text_classification.wordnet import (
     LEXNAMES,
     read_chatterbot,
@@ -270,7 +269,7 @@ def test_heavily_penalised_probe_predicts_class_frequencies():
     # sample's loss is -log(frequency of its label).
     features = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2])
-    losses = fit_probe_losses(features, labels, classes=3, steps=100, l2=1e6)
+    losses, _, _ = fit_probe(features, labels, classes=3, steps=100, l2=1e6)
     expected = [-math.log(6 / 8)] * 6 + [-math.log(1 / 8)] * 2
     assert losses.tolist() == pytest.approx(expected, abs=1e-3)
 
@@ -279,7 +278,7 @@ def test_probe_separates_separable_features():
     labels = torch.arange(30) % 3
     noise = torch.randn(30, 3, generator=torch.Generator().manual_seed(0))
     features = torch.nn.functional.one_hot(labels, 3).float() * 4 + 0.1 * noise
-    losses = fit_probe_losses(features, labels, classes=3, steps=100, l2=1e-3)
+    losses, _, _ = fit_probe(features, labels, classes=3, steps=100, l2=1e-3)
     assert losses.max().item() < 0.1
 
 

@@ -57,13 +57,6 @@ class EncoderClassifier(nn.Module):
         self.heads[name] = nn.Linear(self.encoder.config.hidden_size, num_labels)
 
 
-def fit_probe_losses(
-    features: torch.Tensor, labels: torch.Tensor, classes: int, steps: int, l2: float
-) -> torch.Tensor:
-    """The per-sample training loss [N] of :func:`fit_probe`."""
-    return fit_probe(features, labels, classes, steps, l2)[0]
-
-
 # ``inputs`` key of the host copy of ``prior_head`` (a numpy array, not a tensor: it stays on the
 # host when the inputs move to a device, and a launcher's shard of the rows leaves it whole)
 HOST_PRIOR_HEAD = "prior_head_host"
