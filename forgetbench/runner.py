@@ -580,8 +580,8 @@ class Run:
         if (
             state.mixed_precision != self.resolved.train.mixed_precision
             or state.device != ctx.device
-        ):  # stage 0 ran under accelerate state of its own (precision, a task's device): the
-            # run's comes back
+        ):  # stage 0 ran under accelerate state of its own precision (its device is the
+            # run's), or a task's prior model re-made that state: the run's comes back
             self.accelerator = ctx.accelerator = engine.make_accelerator(self.resolved.train)
         self.store.update_run(self.run_id, model=f"{bundle.source}@{bundle.identity[:16]}")
         digest = None if self.request.prior_model else _stage0_files_digest(bundle)
