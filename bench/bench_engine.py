@@ -46,8 +46,10 @@ from forgetbench.engine import (
     make_optimizer,
     seed_everything,
 )
+from forgetbench_tasks.text_classification import base as routing
 
 LR = 1e-4
+ONE_HEAD = routing.one_head
 
 
 class Setup:
@@ -224,12 +226,21 @@ LOOPS = {
 }
 
 
-def fill_off() -> None:
+def as_now() -> None:
+    """forgetbench's settings: no NaN fill of new tensors, one-head batches not routed."""
     torch.utils.deterministic.fill_uninitialized_memory = False
+    routing.one_head = ONE_HEAD
 
 
 def fill_on() -> None:
     torch.utils.deterministic.fill_uninitialized_memory = True
+
+
+def routed() -> None:
+    """Every batch's rows routed to their heads, as before 2026-12-04 (a gather, index copies,
+    the row index sent to the device), even where all rows have one head."""
+    as_now()
+    routing.one_head = lambda inputs: None
 
 
 def run(args) -> tuple[list[Row], str]:
@@ -246,10 +257,12 @@ def run(args) -> tuple[list[Row], str]:
         name: (lambda clock, loop=loop: loop(setup, clock, args.precision))
         for name, loop in LOOPS.items()
     }
-    on_turn = {name: fill_off for name in loops}
-    if args.ablation:  # what the NaN fill of new tensors cost (forgetbench's old setting)
+    on_turn = {name: as_now for name in loops}
+    if args.ablation:  # what forgetbench's old settings cost: the NaN fill, the row routing
         loops["bare loop, NaN fill on"] = loops["bare loop"]
         on_turn["bare loop, NaN fill on"] = fill_on
+        loops["forgetbench, rows routed"] = loops["forgetbench finetune"]
+        on_turn["forgetbench, rows routed"] = routed
     rounds = [
         Baton(device, warmup, steps, chunk).run(loops, on_turn) for _ in range(args.repeats or 1)
     ]
@@ -271,7 +284,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"))
     parser.add_argument(
-        "--ablation", action="store_true", help="also the bare loop with the NaN fill on"
+        "--ablation",
+        action="store_true",
+        help="also the bare loop with the NaN fill on, forgetbench with every batch's rows routed",
     )
     parser.add_argument(
         "--nondeterministic", action="store_true", help="without torch's deterministic kernels"

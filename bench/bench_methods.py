@@ -52,6 +52,7 @@ from bench.common import (
 from forgetbench.api import Split, TrainConfig
 from forgetbench.context import RunContext
 from forgetbench.engine import TrainLoop, make_accelerator, seed_everything
+from forgetbench_plugins.l2sp import l2sp_penalty as L2SP_PENALTY
 
 METHODS = {
     "finetune": ("finetune", {}),
@@ -63,6 +64,28 @@ METHODS = {
     "l2sp": ("l2sp", {}),
 }
 TARGETS = {"mixcd / random": "<=1.02", "ldifs": "<=1.10"}
+# --ablation: forgetbench's code before an optimisation, timed beside today's
+ABLATIONS = {"l2sp (per-tensor, before)": ("l2sp", {})}
+
+
+def per_tensor_penalty(anchored, fresh, alpha, beta):
+    """L2-SP's penalty as it was before 2026-12-04: a few kernels and autograd nodes per
+    parameter tensor (the same value and gradients as today's, bit for bit)."""
+    total = torch.zeros(())
+    for weight, start in anchored:
+        if weight.requires_grad:
+            total = total + alpha / 2 * (weight.float() - start).pow(2).sum()
+    for weight in fresh:
+        if weight.requires_grad:
+            total = total + beta / 2 * weight.float().pow(2).sum()
+    return total
+
+
+def code_of(label: str) -> None:
+    """Called when ``label``'s loop takes its turn: the code it times in place."""
+    from forgetbench_plugins import l2sp
+
+    l2sp.l2sp_penalty = per_tensor_penalty if label in ABLATIONS else L2SP_PENALTY
 
 
 class TimedLoop(TrainLoop):
@@ -155,7 +178,7 @@ class Scenario:
         loop and the seconds its setup took."""
         from forgetbench.registry import get_registry, run_plugin_manager
 
-        name, settings = METHODS[label]
+        name, settings = {**METHODS, **ABLATIONS}[label]
         cls = get_registry().method(name).cls
         method = cls(cls.Config(**settings) if cls.Config else None)
         hooks = run_plugin_manager([method]).hook
@@ -191,7 +214,7 @@ def run(args) -> tuple[list[Row], str]:
     quick_steps, full_steps = (10, 24) if device.type == "cpu" else (120, 320)
     steps = args.steps or (quick_steps if args.quick else full_steps)
     warmup = 4  # more than one epoch of the 96-example new-task split at 24 new per batch
-    labels = chosen(args.methods)
+    labels = chosen(args.methods) + (list(ABLATIONS) if args.ablation else [])
     scenario = Scenario(device, steps, new_train_size=96, pad=args.pad_to_max)
     with tempfile.TemporaryDirectory() as cache:
         os.environ["FORGETBENCH_CACHE"] = cache  # pre-passes measured with empty caches
@@ -208,7 +231,8 @@ def run(args) -> tuple[list[Row], str]:
                 loop, model, _ = scenario.prepare(label) if rounds else prepared[label]
                 loops[label] = lambda clock, loop=loop, model=model: _run(loop, model, clock)
                 timed[label] = loop
-            rounds.append(baton.run(loops))
+            on_turn = {label: lambda label=label: code_of(label) for label in labels}
+            rounds.append(baton.run(loops, on_turn))
             counts.append({label: per_chunk(loop, warmup, chunk) for label, loop in timed.items()})
     setup = {label: seconds for label, (_, _, seconds) in prepared.items()}
     return rows_of(rounds, counts, cache_seconds, setup), describe(device)
@@ -295,6 +319,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default=None, help="comma-separated subset (and finetune)")
     parser.add_argument(
         "--pad-to-max", action="store_true", help="pad every batch to max_length (equal tokens)"
+    )
+    parser.add_argument(
+        "--ablation", action="store_true", help="also the code before optimisations (ABLATIONS)"
     )
     return parser
 

@@ -15,7 +15,7 @@
 # back. Each part stops itself before GPU_CHECK_SECONDS (default 480) and keeps what it printed:
 # the bench and the suite are interrupted with SIGINT, so their tables and summaries still print.
 set -uo pipefail
-PART=${1:?usage: gpu_check.sh figures|bench|tests}
+PART=${1:?usage: gpu_check.sh figures|profile|bench|tests}
 OUT=${OUT:-/tmp/gpu-check}
 PY=${PY:-python3}
 BUDGET=${GPU_CHECK_SECONDS:-480}
@@ -64,6 +64,18 @@ figures)
     rm -f "$OUT"/run-*.log "$OUT"/gpu.db*  # the tool brings back at most 8 files
     benchmarks
     ;;
+profile)
+    # Where the engine's step time goes (bench/profile_engine.py: torch.profiler and cProfile of
+    # the bare loop and forgetbench's), then today's code against the code before its
+    # optimisations (--ablation of bench_engine and bench_methods).
+    { timeout -s INT "$(left)" "$PY" -m bench.profile_engine --out "$OUT" 2>&1 \
+        | grep -v '^USDT\|Loading weights' ; } | tee "$OUT/profile.txt"
+    for args in "bench_engine --quick --ablation" "bench_methods --quick --methods l2sp --ablation"
+    do
+        [ "$(left)" -gt 20 ] || { echo "no time left for $args" | tee -a "$OUT/ablation.txt"; continue; }
+        timeout -s INT "$(left)" "$PY" -m bench.$args 2>&1 | tail -20 | tee -a "$OUT/ablation.txt"
+    done
+    ;;
 bench)
     # The benchmarks alone, BENCH_ONLY (run_all's --only) first: a rerun of what did not fit.
     benchmarks
@@ -89,7 +101,7 @@ tests)
         | tee "$OUT/tests.txt"
     ;;
 *)
-    echo "usage: gpu_check.sh figures|bench|tests" >&2
+    echo "usage: gpu_check.sh figures|profile|bench|tests" >&2
     exit 2
     ;;
 esac

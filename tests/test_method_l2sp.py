@@ -6,7 +6,7 @@ from method_helpers import metrics, run_tiny, series, tiny_context, tiny_model
 
 from forgetbench.config import build_config
 from forgetbench.errors import ForgetbenchError
-from forgetbench_plugins.l2sp import L2SP, L2SPConfig
+from forgetbench_plugins.l2sp import L2SP, L2SPConfig, l2sp_penalty
 
 
 def test_config_rejects_negative_strengths():
@@ -63,3 +63,48 @@ def test_end_to_end_adds_the_head_penalty_to_the_first_step(db):
     assert first == pytest.approx(2.0 / 2 * head_penalty, rel=1e-4)
     stored = metrics(db, run_id)
     assert {"prior/after/accuracy", "new/after/accuracy", "prior/derived/forgetting"} <= set(stored)
+
+
+def per_tensor_penalty(anchored, fresh, alpha, beta):
+    """The penalty written out per tensor, as autograd sees it (l2sp before 2026-12-04)."""
+    total = torch.zeros(())
+    for weight, start in anchored:
+        if weight.requires_grad:
+            total = total + alpha / 2 * (weight.float() - start).pow(2).sum()
+    for weight in fresh:
+        if weight.requires_grad:
+            total = total + beta / 2 * weight.float().pow(2).sum()
+    return total
+
+
+@pytest.mark.parametrize("scale", [1.0, 1024.0, 3.7])  # 1024: an fp16 loss scaler's
+def test_fused_penalty_is_the_per_tensor_one_bit_for_bit(scale):
+    method, model = setup_method_on_tiny_model(alpha=0.1, beta=0.01)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.add_(torch.randn_like(weight) * 1e-2)
+    model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    results = []
+    for penalty in (l2sp_penalty, per_tensor_penalty):
+        model.zero_grad(set_to_none=True)
+        value = penalty(method.anchored, method.fresh, 0.1, 0.01)
+        (value * scale).backward()
+        grads = {name: w.grad for name, w in model.named_parameters() if w.grad is not None}
+        results.append((value.detach(), grads))
+    (fused, fused_grads), (plain, plain_grads) = results
+    assert torch.equal(fused, plain)
+    assert fused.item() > 0
+    assert fused_grads.keys() == plain_grads.keys()
+    assert "encoder.embeddings.word_embeddings.weight" not in fused_grads
+    for name, grad in fused_grads.items():
+        assert torch.equal(grad, plain_grads[name]), name
+
+
+def test_penalty_is_one_autograd_node_over_every_trainable_weight():
+    method, model = setup_method_on_tiny_model(alpha=0.1, beta=0.01)
+    penalty = method.forgetbench_regularizer()
+    trainable = [w for w in model.parameters() if w.requires_grad]
+    inputs = [edge for edge, _ in penalty.grad_fn.next_functions if edge is not None]
+    assert len(inputs) == len(trainable)
+    assert {id(edge.variable) for edge in inputs} == {id(w) for w in trainable}

@@ -155,6 +155,43 @@ def test_text_forward_selects_heads_by_rows_counted_at_collation(text_family):
         assert torch.equal(mine, theirs)
 
 
+class RoutingOps(DataDependentOps):
+    """Records the row routing's operations (gathers, index copies, searches)."""
+
+    NAMES = ("index_copy", "aten.index.Tensor", "nonzero")
+
+
+@pytest.mark.parametrize("source", ["new", "prior"])
+def test_text_forward_of_one_head_skips_the_routing_with_the_same_bits(text_family, source):
+    task, bundle, _ = text_family
+    model = bundle.model
+    texts = ["hello there", "a living organism", "hi"]
+    examples = [{"id": i, "text": t, "label": i % 3, "source": source} for i, t in enumerate(texts)]
+    inputs = task.collate(bundle, examples)
+    legacy = {k: v for k, v in inputs.items() if k != HOST_PRIOR_HEAD}  # routed, as before
+    results = []
+    for given in (inputs, legacy):
+        model.zero_grad(set_to_none=True)
+        with RoutingOps() as ops:
+            out = task.forward(model, given)
+        out.loss.sum().backward()
+        grads = {n: w.grad.clone() for n, w in model.named_parameters() if w.grad is not None}
+        results.append((out, grads, ops.seen))
+    (fast, fast_grads, fast_ops), (routed, routed_grads, routed_ops) = results
+    # the encoder gathers too (aten.index.Tensor): the routing adds a gather of the pooled rows
+    # and of the labels, and index copies of the per-row results
+    assert [op for op in fast_ops if op != "aten.index.Tensor"] == []
+    assert routed_ops.count("aten.index.Tensor") == fast_ops.count("aten.index.Tensor") + 2
+    assert "aten.index_copy.default" in routed_ops
+    for field in ("loss", "success", "confidence", "logits"):
+        assert torch.equal(getattr(fast, field), getattr(routed, field)), field
+    head = "heads.prior.weight" if source == "prior" else "heads.new.weight"
+    assert head in fast_grads
+    assert fast_grads.keys() == routed_grads.keys()
+    for name, grad in fast_grads.items():
+        assert torch.equal(grad, routed_grads[name]), name
+
+
 def test_text_head_rows_follow_the_rows_when_they_change_after_collation(text_family):
     _, _, inputs = text_family
 

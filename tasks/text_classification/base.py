@@ -62,6 +62,27 @@ class EncoderClassifier(nn.Module):
 HOST_PRIOR_HEAD = "prior_head_host"
 
 
+def host_flags(inputs: dict) -> np.ndarray | None:
+    """The host copy of ``inputs["prior_head"]`` that :meth:`ClassificationTask.collate` keeps,
+    or None where there is none or the rows are no longer the collated ones (a launcher's
+    shard: fewer rows; rows reordered on the CPU)."""
+    flags, host = inputs["prior_head"], inputs.get(HOST_PRIOR_HEAD)
+    if not isinstance(host, np.ndarray) or len(host) != flags.shape[0]:
+        return None
+    if flags.device.type == "cpu" and not np.array_equal(host, flags.numpy()):
+        return None  # rows reordered since collation: the tensor is the truth
+    return host
+
+
+def one_head(inputs: dict) -> bool | None:
+    """``is_prior`` of every row when all rows go through one head (known on the host), else
+    None."""
+    host = host_flags(inputs)
+    if host is None or len(host) == 0 or host.min() != host.max():
+        return None
+    return bool(host[0])
+
+
 def head_rows(inputs: dict, is_prior: bool) -> torch.Tensor:
     """The rows [R] (int64, ascending) that go through the prior head (``is_prior``) or the
     new one, on the device of ``inputs["prior_head"]``.
@@ -70,16 +91,41 @@ def head_rows(inputs: dict, is_prior: bool) -> torch.Tensor:
     a GPU does not wait for the device to learn how many rows each head has; inputs without it,
     or whose rows are no longer the collated ones (a shard of them: fewer rows), are searched
     on the device (``nonzero``: a wait)."""
-    flags, host = inputs["prior_head"], inputs.get(HOST_PRIOR_HEAD)
-    if isinstance(host, np.ndarray) and len(host) == flags.shape[0]:
-        if flags.device.type == "cpu" and not np.array_equal(host, flags.numpy()):
-            host = None  # rows reordered since collation: the tensor is the truth
-        else:
-            rows = torch.from_numpy(np.flatnonzero(host == is_prior))
-            if flags.device.type == "cpu":
-                return rows
-            return rows.pin_memory().to(flags.device, non_blocking=True)
-    return (flags == is_prior).nonzero().squeeze(1)
+    flags, host = inputs["prior_head"], host_flags(inputs)
+    if host is None:
+        return (flags == is_prior).nonzero().squeeze(1)
+    rows = torch.from_numpy(np.flatnonzero(host == is_prior))
+    if flags.device.type == "cpu":
+        return rows
+    return rows.pin_memory().to(flags.device, non_blocking=True)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor):
+    """Per-row cross-entropy, success (argmax == label) and confidence (its probability)."""
+    probability, prediction = logits.softmax(-1).max(-1)
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    return loss, prediction == labels, probability
+
+
+def route_to_heads(model: EncoderClassifier, pooled: torch.Tensor, inputs: dict):
+    """Each row through its own head: per-row loss, success, confidence and the logits padded
+    to the wider head (:func:`pad_logits`), in the batch's row order."""
+    size = pooled.shape[0]
+    loss = pooled.new_zeros(size, dtype=torch.float32)
+    confidence = pooled.new_zeros(size, dtype=torch.float32)
+    success = torch.zeros(size, dtype=torch.bool, device=pooled.device)
+    parts = []
+    for head, is_prior in (("prior", True), ("new", False)):
+        index = head_rows(inputs, is_prior)
+        if index.numel() == 0:
+            continue
+        logits = model.heads[head](pooled[index]).float()
+        parts.append((index, logits))
+        rows = score(logits, inputs["labels"][index])
+        loss = loss.index_copy(0, index, rows[0])
+        success = success.index_copy(0, index, rows[1])
+        confidence = confidence.index_copy(0, index, rows[2])
+    return loss, success, confidence, pad_logits(size, parts)
 
 
 class ClassificationTask(Task):
@@ -188,27 +234,17 @@ class ClassificationTask(Task):
     def forward(self, model, inputs, with_features: bool = False) -> PerSample:
         """Success: the head's argmax equals the label; confidence: its softmax probability."""
         pooled, output = self.encode(model, inputs, with_features)
-        size = pooled.shape[0]
-        loss = pooled.new_zeros(size, dtype=torch.float32)
-        confidence = pooled.new_zeros(size, dtype=torch.float32)
-        success = torch.zeros(size, dtype=torch.bool, device=pooled.device)
-        parts = []
-        for head, is_prior in (("prior", True), ("new", False)):
-            index = head_rows(inputs, is_prior)
-            if index.numel() == 0:
-                continue
-            logits = model.heads[head](pooled[index]).float()
-            parts.append((index, logits))
-            labels = inputs["labels"][index]
-            probability, prediction = logits.softmax(-1).max(-1)
-            loss = loss.index_copy(0, index, F.cross_entropy(logits, labels, reduction="none"))
-            confidence = confidence.index_copy(0, index, probability)
-            success = success.index_copy(0, index, prediction == labels)
+        is_prior = one_head(inputs)
+        if is_prior is None:
+            loss, success, confidence, logits = route_to_heads(model, pooled, inputs)
+        else:  # one head for every row (fine-tuning on the new task alone): nothing to route
+            logits = model.heads["prior" if is_prior else "new"](pooled).float()
+            loss, success, confidence = score(logits, inputs["labels"])
         features = None
         if with_features:
             states, mask = output.hidden_states, inputs["attention_mask"]
             features = [masked_mean(states[i], mask) for i in tap_layers(len(states) - 1)]
-        return PerSample(loss, success, confidence, features, pad_logits(size, parts))
+        return PerSample(loss, success, confidence, features, logits)
 
     # -- what methods read -------------------------------------------------------------------
 
