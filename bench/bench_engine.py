@@ -45,6 +45,8 @@ from forgetbench.engine import (
     make_accelerator,
     make_optimizer,
     seed_everything,
+    set_tf32,
+    uses_tf32,
 )
 from forgetbench_tasks.text_classification import base as routing
 
@@ -250,6 +252,9 @@ def run(args) -> tuple[list[Row], str]:
     seed_everything(0)  # forgetbench's settings (deterministic kernels) for every loop alike
     if args.nondeterministic:
         torch.use_deterministic_algorithms(False)
+    # every loop under forgetbench's TF32 default from its first step (forgetbench's loop sets
+    # it process-wide when it starts, after the others' first steps)
+    set_tf32(uses_tf32(TrainConfig(device=device.type)))
     steps, warmup = loop_length(device, args.quick, args.steps)
     chunk = chunk_size(device, steps - warmup)
     setup = Setup(device, steps, args.batch_size)

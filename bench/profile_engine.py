@@ -25,7 +25,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.bench_engine import Setup, bare_loop, forgetbench_loop
 from bench.common import describe, pick_device, quiet_progress, sync
-from forgetbench.engine import seed_everything
+from forgetbench.api import TrainConfig
+from forgetbench.engine import seed_everything, set_tf32, uses_tf32
 
 LOOPS = {"bare loop": bare_loop, "forgetbench finetune": forgetbench_loop}
 RUNTIME_CALLS = ("Launch", "Memcpy", "Synchronize", "HostAlloc", "EventRecord", "Malloc")
@@ -109,6 +110,8 @@ def main(argv=None) -> None:
     quiet_progress()
     device = pick_device(args.device)
     seed_everything(0)
+    # both loops under forgetbench's TF32 default (its loop sets it; the bare loop would not)
+    set_tf32(uses_tf32(TrainConfig(device=device.type)))
     warmup = 10 if device.type == "cpu" else 20
     steps = args.steps or (10 if device.type == "cpu" else 40)
     setup = Setup(device, warmup + steps, 32)
