@@ -8,10 +8,12 @@
 #   source .gpu/setup.sh && GPU_CHECK_SECONDS=290 bash scripts/gpu_check.sh figures
 #   source .gpu/setup.sh && GPU_CHECK_SECONDS=480 GPU_TEST_WORKERS=8 bash scripts/gpu_check.sh tests
 # On an H200 (2026-12-04) `figures` took 165 s (three CLI runs, then the engine benchmark: the
-# rest ran out of budget) and `tests` 370 s with 8 workers. `bench` runs the benchmarks alone,
-# BENCH_ONLY (run_all's --only) naming which, e.g. BENCH_ONLY=precision,sampler; PYTEST_ARGS
-# narrows `tests` to some tests.
-# Everything lands in $OUT (device.txt, runs.txt, bench.txt, tests.txt), which the tool brings
+# rest ran out of budget), `tests` 370 s with 8 workers, `bench` with
+# BENCH_ONLY=precision,sampler,run 134 s; `profile` needs about 240 s (the profile about 100 s,
+# the engine A/B 70 s, the L2-SP A/B 60 s: at 170 s the last was cut). `bench` runs the
+# benchmarks alone, BENCH_ONLY (run_all's --only) naming which; PYTEST_ARGS narrows `tests`.
+# Everything lands in $OUT (device.txt, runs.txt, profile*.txt, ablation.txt, bench.txt,
+# tests.txt), which the tool brings
 # back. Each part stops itself before GPU_CHECK_SECONDS (default 480) and keeps what it printed:
 # the bench and the suite are interrupted with SIGINT, so their tables and summaries still print.
 set -uo pipefail
