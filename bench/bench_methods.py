@@ -53,6 +53,7 @@ from forgetbench.api import Split, TrainConfig
 from forgetbench.context import RunContext
 from forgetbench.engine import TrainLoop, make_accelerator, seed_everything
 from forgetbench_plugins.l2sp import l2sp_penalty as L2SP_PENALTY
+from forgetbench_plugins.l2sp import per_tensor_penalty
 
 METHODS = {
     "finetune": ("finetune", {}),
@@ -66,19 +67,6 @@ METHODS = {
 TARGETS = {"mixcd / random": "<=1.02", "ldifs": "<=1.10"}
 # --ablation: forgetbench's code before an optimisation, timed beside today's
 ABLATIONS = {"l2sp (per-tensor, before)": ("l2sp", {})}
-
-
-def per_tensor_penalty(anchored, fresh, alpha, beta):
-    """L2-SP's penalty as it was before 2026-12-04: a few kernels and autograd nodes per
-    parameter tensor (the same value and gradients as today's, bit for bit)."""
-    total = torch.zeros(())
-    for weight, start in anchored:
-        if weight.requires_grad:
-            total = total + alpha / 2 * (weight.float() - start).pow(2).sum()
-    for weight in fresh:
-        if weight.requires_grad:
-            total = total + beta / 2 * weight.float().pow(2).sum()
-    return total
 
 
 def code_of(label: str) -> None:

@@ -64,6 +64,26 @@ def l2sp_penalty(
     return _Penalty.apply((alpha / 2, beta / 2), starts, *[w for w, _ in pulled], *decayed)
 
 
+def per_tensor_penalty(
+    anchored: list[tuple[torch.nn.Parameter, torch.Tensor]],
+    fresh: list[torch.nn.Parameter],
+    alpha: float,
+    beta: float,
+) -> torch.Tensor:
+    """:func:`l2sp_penalty` written out per tensor: its readable definition, and its code
+    before 2026-12-04 (a few kernels and autograd nodes per parameter tensor). The fused one
+    is checked against it bit for bit (tests) and timed beside it (``bench_methods
+    --ablation``)."""
+    total = torch.zeros(())
+    for weight, start in anchored:
+        if weight.requires_grad:
+            total = total + alpha / 2 * (weight.float() - start).pow(2).sum()
+    for weight in fresh:
+        if weight.requires_grad:
+            total = total + beta / 2 * weight.float().pow(2).sum()
+    return total
+
+
 class _Penalty(torch.autograd.Function):
     """The penalty as one autograd node over every weight, with ``torch._foreach_*`` kernels.
 

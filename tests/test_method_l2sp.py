@@ -6,7 +6,7 @@ from method_helpers import metrics, run_tiny, series, tiny_context, tiny_model
 
 from forgetbench.config import build_config
 from forgetbench.errors import ForgetbenchError
-from forgetbench_plugins.l2sp import L2SP, L2SPConfig, l2sp_penalty
+from forgetbench_plugins.l2sp import L2SP, L2SPConfig, l2sp_penalty, per_tensor_penalty
 
 
 def test_config_rejects_negative_strengths():
@@ -63,18 +63,6 @@ def test_end_to_end_adds_the_head_penalty_to_the_first_step(db):
     assert first == pytest.approx(2.0 / 2 * head_penalty, rel=1e-4)
     stored = metrics(db, run_id)
     assert {"prior/after/accuracy", "new/after/accuracy", "prior/derived/forgetting"} <= set(stored)
-
-
-def per_tensor_penalty(anchored, fresh, alpha, beta):
-    """The penalty written out per tensor, as autograd sees it (l2sp before 2026-12-04)."""
-    total = torch.zeros(())
-    for weight, start in anchored:
-        if weight.requires_grad:
-            total = total + alpha / 2 * (weight.float() - start).pow(2).sum()
-    for weight in fresh:
-        if weight.requires_grad:
-            total = total + beta / 2 * weight.float().pow(2).sum()
-    return total
 
 
 @pytest.mark.parametrize("scale", [1.0, 1024.0, 3.7])  # 1024: an fp16 loss scaler's
