@@ -3,9 +3,11 @@
 1. ``forgetbench run --task wordnet --method finetune`` as a user starts it (a new process:
    imports, data, the cached stage-0 model, evaluation before and after, training, the store),
    after one untimed run that fills the caches (stage 0 is trained then if it never was).
-2. The same run twice in one process (as a sweep's worker runs them): the second reuses the
+2. What a new process pays before the run's own work: the interpreter and the imports
+   (forgetbench and its plugins), and on a GPU CUDA's start.
+3. The same run twice in one process (as a sweep's worker runs them): the second reuses the
    data and prior model the first loaded; its phases are timed one by one.
-3. Evaluation of the prior eval split in split order against length-sorted batches (what a GPU
+4. Evaluation of the prior eval split in split order against length-sorted batches (what a GPU
    run does), interleaved, with the largest per-example difference between the two.
 
 ``--quick`` uses a small configuration (2,000 prior-train and 500 prior-eval glosses, 20
@@ -60,6 +62,35 @@ def cli_run(overrides: dict[str, str], env: dict[str, str]) -> float:
     if done.returncode != 0:
         raise SystemExit(f"forgetbench run failed:\n{done.stderr}")
     return time.perf_counter() - started
+
+
+IMPORTS = (
+    "import forgetbench.runner\n"
+    "from forgetbench.registry import get_registry\n"
+    "get_registry()"  # every installed plugin imported, as a run does
+)
+CUDA_START = (
+    "import time, torch\n"
+    "started = time.perf_counter()\n"
+    "x = torch.randn(256, 256, device='cuda')\n"
+    "(x @ x).sum().item()\n"
+    "print(time.perf_counter() - started)"
+)
+
+
+def start_up(env: dict[str, str], device: torch.device) -> list[Row]:
+    """What a new process pays before a run's own work: the interpreter and the imports of
+    forgetbench and its plugins (the process's wall time), and on a GPU CUDA's start (context,
+    library handles, a first matrix product), timed inside a process that imported torch."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", IMPORTS], env=env, check=True)
+    rows = [Row("start-up", "interpreter and imports", time.perf_counter() - started, "s")]
+    if device.type == "cuda":
+        done = subprocess.run(
+            [sys.executable, "-c", CUDA_START], env=env, check=True, capture_output=True, text=True
+        )
+        rows.append(Row("start-up", "CUDA start (first matmul)", float(done.stdout), "s"))
+    return rows
 
 
 def in_process(overrides: dict[str, str], db: str, phases: dict[str, float]) -> float:
@@ -154,6 +185,7 @@ def run(args) -> tuple[list[Row], str]:
         rows.append(
             Row("run end to end", f"{label}, CLI", statistics.median(cli), "s", target=target)
         )
+        rows += start_up(env, device)
         first, second = {}, {}
         cold = in_process(overrides, db, first)
         warm = in_process(overrides, db, second)
