@@ -268,9 +268,10 @@ def run(args) -> tuple[list[Row], str]:
         on_turn["bare loop, NaN fill on"] = fill_on
         loops["forgetbench, rows routed"] = loops["forgetbench finetune"]
         on_turn["forgetbench, rows routed"] = routed
-    rounds = [
-        Baton(device, warmup, steps, chunk).run(loops, on_turn) for _ in range(args.repeats or 1)
-    ]
+    # one round on a GPU moved the ratios by about 3 points between invocations (0.934-0.980 on
+    # an H200, docs/performance.md); three rounds (30 paired chunks) by default there
+    repeats = args.repeats or (3 if device.type == "cuda" else 1)
+    rounds = [Baton(device, warmup, steps, chunk).run(loops, on_turn) for _ in range(repeats)]
     rows = []
     for name in loops:  # speed ratios: bare-loop time over this loop's, step by step
         rate = args.batch_size / median_step(rounds, name)
