@@ -9,13 +9,15 @@
 #   source .gpu/setup.sh && GPU_CHECK_SECONDS=480 GPU_TEST_WORKERS=8 bash scripts/gpu_check.sh tests
 # On an H200 (2026-12-04) `figures` took 165 s (three CLI runs, then the engine benchmark: the
 # rest ran out of budget), `tests` 370 s with 8 workers, `bench` with
-# BENCH_ONLY=precision,sampler,run 134 s; `profile` needs about 240 s (the profile about 100 s,
-# the engine A/B 70 s, the L2-SP A/B 60 s: at 170 s the last was cut). Since then the engine
-# benchmark runs 3 rounds on a GPU (about 110 s alone) and precision 4 (about 110 s). `bench` runs the
-# benchmarks alone, BENCH_ONLY (run_all's --only) naming which; PYTEST_ARGS narrows `tests`.
+# BENCH_ONLY=precision,sampler,run 134 s, `profile` 170 s before it was cut (the profile about
+# 100 s, the engine A/B 70 s; the L2-SP A/B, about 60 s, did not fit). Since then a GPU runs
+# the engine benchmark 3 rounds (about 110 s alone, 150 s with --ablation) and precision 4
+# (about 110 s): give `profile` about 320 s. `bench` runs the benchmarks alone, BENCH_ONLY
+# (run_all's --only) naming which; PYTEST_ARGS narrows `tests`.
 # Everything lands in $OUT (device.txt, runs.txt, profile*.txt, ablation.txt, bench.txt,
-# tests.txt), which the tool brings back. Each part stops itself before GPU_CHECK_SECONDS (default 480) and keeps what it printed:
-# the bench and the suite are interrupted with SIGINT, so their tables and summaries still print.
+# tests.txt), which the tool brings back. Each part stops itself before GPU_CHECK_SECONDS
+# (default 480) and keeps what it printed: the bench and the suite are interrupted with SIGINT,
+# so their tables and summaries still print.
 set -uo pipefail
 PART=${1:?usage: gpu_check.sh figures|profile|bench|tests}
 OUT=${OUT:-/tmp/gpu-check}
